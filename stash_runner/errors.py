@@ -1,0 +1,57 @@
+"""Error types. Each maps to one documented exit code (see README)."""
+
+
+class RunnerError(Exception):
+    """Base of the errors the CLI reports as one line and a distinct exit code."""
+
+    exit_code = 1
+
+
+class BadInput(RunnerError):
+    """A missing object, field, key or a wrong flag: nothing was written."""
+
+    exit_code = 2
+
+
+class WrongPassword(RunnerError):
+    """The repository password opens none of the repository's keys."""
+
+    exit_code = 3
+
+
+class RepositoryError(RunnerError):
+    """The repository or its storage failed: unreachable, damaged, locked."""
+
+    exit_code = 4
+
+
+class RepositoryNotFound(RepositoryError):
+    pass
+
+
+class IntegrityError(RepositoryError):
+    """Stored data failed its MAC or hash check."""
+
+
+class LockedError(RepositoryError):
+    pass
+
+
+class DatabaseUnreachable(RunnerError):
+    exit_code = 5
+
+
+class ToolFailed(RunnerError):
+    """A dump or restore tool (pg_dump, psql, ...) failed."""
+
+    exit_code = 6
+
+
+class SnapshotNotFound(RunnerError):
+    exit_code = 7
+
+
+class Interrupted(BaseException):
+    """Raised in the main thread on SIGTERM so that cleanup runs as for Ctrl-C."""
+
+    exit_code = 143

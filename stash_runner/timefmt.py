@@ -1,0 +1,47 @@
+"""Timestamps as restic writes them (Go's RFC 3339 with nanoseconds) and reads them back."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+
+_FRACTION = re.compile(r"\.(\d+)")
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def format_time(t: datetime) -> str:
+    """RFC 3339 with the fraction Go would print (trailing zeros dropped)."""
+    s = t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    if t.microsecond:
+        s += f".{t.microsecond:06d}".rstrip("0")
+    return s + "Z"
+
+
+def parse_time(s: str) -> datetime:
+    """Parse restic's times: any fraction length (Go writes up to 9 digits), 'Z' or an offset."""
+    s = s.replace("Z", "+00:00").replace("z", "+00:00")
+    s = _FRACTION.sub(lambda m: "." + (m.group(1) + "000000")[:6], s, count=1)
+    t = datetime.fromisoformat(s)
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=UTC)
+    return t
+
+
+def go_duration(seconds: float) -> str:
+    """A duration the way Go's time.Duration.String() prints it, as Stash's status carries it."""
+    if seconds <= 0:
+        return "0s"
+    if seconds < 1:
+        ms = seconds * 1000
+        return f"{ms:.3f}".rstrip("0").rstrip(".") + "ms"
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    out = ""
+    if h >= 1:
+        out += f"{int(h)}h"
+    if h >= 1 or m >= 1:
+        out += f"{int(m)}m"
+    return out + (f"{s:.9f}".rstrip("0").rstrip(".") or "0") + "s"

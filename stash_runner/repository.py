@@ -87,7 +87,7 @@ class Repository:
         _call(backend, backend.create)
         master = crypto.Key.random()
         keyfile = crypto.make_key_file(
-            master, password.encode(), _username(), socket.gethostname(), format_time(now())
+            master, password.encode(), current_username(), socket.gethostname(), format_time(now())
         )
         raw_key = json.dumps(keyfile).encode()
         # The key first, then the config: a crash in between leaves no repository, and a retry works.
@@ -225,7 +225,7 @@ class Repository:
         return found[0]
 
 
-def _username() -> str:
+def current_username() -> str:
     try:
         return getpass.getuser()
     except (KeyError, OSError):  # a container UID without a passwd entry

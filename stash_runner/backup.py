@@ -1,0 +1,62 @@
+"""Back up one database into a repository: the flow behind ``backup`` and ``backup-pg``."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from backends.base import Backend
+from drivers.base import Driver
+
+from . import __version__, compression
+from .archiver import Archiver, BackupResult
+from .lock import RepositoryLock
+from .progress import Progress
+from .repository import Repository, current_username
+from .units import stash_bytes
+
+log = logging.getLogger("stash_runner")
+
+
+@dataclass
+class BackupPlan:
+    driver: Driver
+    backend: Backend
+    password: str = field(repr=False)
+    hostname: str = "host-0"
+    tags: list[str] = field(default_factory=list)
+    wait_timeout: float = 300.0
+    workers: int | None = None
+    compression_level: int = compression.DEFAULT_LEVEL
+    progress_interval: float = 5.0
+
+
+def open_or_none(backend: Backend, password: str) -> Repository | None:
+    return Repository.open(backend, password) if Repository.exists(backend) else None
+
+
+def run_backup(plan: BackupPlan) -> BackupResult:
+    # Check the repository password before touching the database, and initialise a new
+    # repository only once the database is known to be there: bad input never writes anything.
+    repo = open_or_none(plan.backend, plan.password)
+    plan.driver.wait_ready(plan.wait_timeout)
+    if repo is None:
+        repo = Repository.init(plan.backend, plan.password)
+        log.info("initialised a new repository at %s", plan.backend.location)
+    repo.load_index()
+    with RepositoryLock(repo), Archiver(repo, workers=plan.workers, level=plan.compression_level) as arch:
+        progress = Progress(
+            "backup", lambda: arch.stats.bytes_read,
+            extra=lambda: f"{stash_bytes(arch.stats.bytes_stored)} stored", interval=plan.progress_interval,
+        )
+        with plan.driver.dump() as dump, progress:
+            arch.add_stream(plan.driver.filename, dump.stream)
+            dump.finish()  # a failed or truncated dump raises here, before anything refers to its data
+        return arch.commit(
+            hostname=plan.hostname,
+            paths=["/" + plan.driver.filename],
+            tags=plan.tags,
+            username=current_username(),
+            program_version=f"stash-runner {__version__}",
+        )
+

@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+
+import pytest
+
+from .pgcluster import PgCluster, load_sample
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    missing = [t for t in ("restic", "pg_dumpall", "psql", "pg_isready", "runuser") if not shutil.which(t)]
+    if missing:
+        raise pytest.UsageError(f"missing tools {missing}: run `make deps` (scripts/install-deps.sh)")
+
+
+@pytest.fixture(scope="session")
+def workdir():
+    # Not under /root: the postgres OS user must be able to reach its cluster directories.
+    d = tempfile.mkdtemp(prefix="stash-runner-tests-", dir="/tmp")
+    os.chmod(d, 0o755)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def source_pg(workdir):
+    """A cluster with sample data: roles, a database with several column types, a view."""
+    c = PgCluster(os.path.join(workdir, "source-pg")).start()
+    load_sample(c)
+    yield c
+    c.destroy()
+
+
+@pytest.fixture
+def fresh_pg(workdir):
+    """A factory of empty clusters, destroyed after the test."""
+    made: list[PgCluster] = []
+
+    def make() -> PgCluster:
+        c = PgCluster(tempfile.mkdtemp(prefix="pg-", dir=workdir)).start()
+        made.append(c)
+        return c
+
+    yield make
+    for c in made:
+        c.destroy()
+
+
+@pytest.fixture
+def repo_dir(tmp_path):
+    return str(tmp_path / "repo")
+
+
+def pytest_collection_modifyitems(items):
+    # Fail loudly rather than skip: nothing in this suite may skip.
+    for item in items:
+        item.add_marker(pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning"))
+
+

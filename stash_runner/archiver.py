@@ -12,6 +12,7 @@ blob type is being filled, and at most ``backend.connections`` packs are being u
 from __future__ import annotations
 
 import collections
+import contextlib
 import hashlib
 import os
 import stat as statmod
@@ -186,15 +187,12 @@ class BlobSaver:
         with self._lock:
             uploads = list(self._uploads)
         for fut in uploads:
-            try:
+            # the first error is already being reported; these only need to have finished
+            with contextlib.suppress(BaseException):
                 fut.result()
-            except BaseException:  # noqa: S110 - the first error is already being reported
-                pass
         for pack_id, _ in self.unindexed:
-            try:
+            with contextlib.suppress(RepositoryError):
                 self.repo.remove(Handle(FileType.DATA, pack_id.hex()))
-            except RepositoryError:
-                pass
         self.unindexed = []
         self.close()
 

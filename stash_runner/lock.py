@@ -87,7 +87,16 @@ class RepositoryLock:
 
     def _conflict(self) -> LockInfo | None:
         for lock in list_locks(self.repo):
-            if lock.name == self._name or lock.is_stale():
+            if lock.name == self._name:
+                continue
+            if lock.is_stale():
+                # A crashed run's lock: restic would refuse to lock while it exists, so clear it as
+                # `restic unlock` would (its holder is gone or has not refreshed for 30 minutes).
+                log.info("removing stale %s", lock.describe())
+                try:
+                    self.repo.remove(Handle(FileType.LOCK, lock.name))
+                except RepositoryError as e:
+                    log.warning("could not remove a stale lock: %s", e)
                 continue
             if lock.exclusive or self.exclusive:
                 return lock

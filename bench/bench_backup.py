@@ -378,6 +378,10 @@ def markdown(meta: dict, med: dict[str, dict], checks: list[dict], verify: dict)
         busy = (m["cpu_s"] + m["server_cpu_s"] + m["other_cpu_s"]) / m["wall_s"]
         lines.append(f"| `{step}` | {m['cpu_s']:.1f} | {m['server_cpu_s']:.1f} | {m['other_cpu_s']:.1f} "
                      f"| {busy:.2f} |")
+    disturbed = [s for s in STEPS if med[s]["other_cpu_s"] > 0.1 * med[s]["wall_s"]]
+    if disturbed:
+        lines += ["", f"**Warning:** other processes used more than 0.1 core during {', '.join(disturbed)}: "
+                  "the machine was not idle, so these numbers are disturbed."]
     lines += ["", "| ratio | value | target | result |", "|---|---:|---:|---|"]
     for c in checks:
         op = "≤" if c["op"] == "<=" else "≥"

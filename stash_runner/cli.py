@@ -95,6 +95,16 @@ def _flags_storage(source, kw: dict) -> Storage:
     )
 
 
+def _flags_storage_and_driver(kw: dict, backup_cmd: str = "pg_dumpall"):
+    """Storage from Stash's flags (the secret by name needs --objects), then the postgres driver."""
+    source = object_source(kw["objects"]) if kw["objects"] else None
+    storage = _flags_storage(source, kw)
+    drv = driver_for(source or object_source(()), kw["appbinding_namespace"] or kw["namespace"], kw["appbinding"],
+                     DriverOptions(backup_cmd=backup_cmd, pg_args=kw["pg_args"], user=kw["user"],
+                                   scratch_dir=kw["scratch_dir"], driver="postgres"))
+    return storage, drv
+
+
 def _no_cluster(session_flag: str, value: str, kubeconfig: str) -> None:
     if value or kubeconfig:
         raise BadInput(f"{session_flag}/--kubeconfig: reading sessions from the Kubernetes API is not "
@@ -213,13 +223,7 @@ def backup_pg(**kw) -> None:
                        "supported by this version")
 
     def work() -> SnapshotStats:
-        source = object_source(kw["objects"]) if kw["objects"] else None
-        storage = _flags_storage(source, kw)
-        if source is None:
-            source = object_source(())
-        drv = driver_for(source, kw["appbinding_namespace"] or kw["namespace"], kw["appbinding"], DriverOptions(
-            backup_cmd=kw["backup_cmd"], pg_args=kw["pg_args"], user=kw["user"], scratch_dir=kw["scratch_dir"],
-            driver="postgres"))
+        storage, drv = _flags_storage_and_driver(kw, backup_cmd=kw["backup_cmd"])
         return _backup(drv, storage, kw["hostname"] or "host-0", [], kw["wait_timeout"],
                        compression.DEFAULT_LEVEL, None)
 
@@ -263,12 +267,7 @@ def restore_pg(**kw) -> None:
     hostname = kw["hostname"] or "host-0"
 
     def work() -> None:
-        source = object_source(kw["objects"]) if kw["objects"] else None
-        storage = _flags_storage(source, kw)
-        if source is None:
-            source = object_source(())
-        drv = driver_for(source, kw["appbinding_namespace"] or kw["namespace"], kw["appbinding"], DriverOptions(
-            pg_args=kw["pg_args"], user=kw["user"], scratch_dir=kw["scratch_dir"], driver="postgres"))
+        storage, drv = _flags_storage_and_driver(kw)
         _restore(drv, storage, kw["snapshot"] or "latest", kw["source_hostname"] or hostname, kw["wait_timeout"])
 
     _run_host(kw["output_dir"], kw["appbinding"], hostname, work)

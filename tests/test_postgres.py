@@ -205,6 +205,30 @@ def _wait_for_packs(repo_dir: str, proc: subprocess.Popen, n: int = 1) -> None:
         time.sleep(0.02)
 
 
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def _descendants(root: int) -> list[int]:
+    parents: dict[int, int] = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                parents[int(pid)] = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            pass
+    found, frontier = [], [root]
+    while frontier:
+        kids = [p for p, pp in parents.items() if pp in frontier]
+        found.extend(kids)
+        frontier = kids
+    return found
+
+
 def _cmdlines() -> bytes:
     out = []
     for pid in os.listdir("/proc"):
@@ -260,7 +284,10 @@ def test_dump_tool_killed_or_connection_lost(bulk_pg, repo_dir, tmp_path):
     # the dump tool is killed
     proc = _start_backup(objects)
     _wait_for_packs(repo_dir, proc, 1)
-    subprocess.run(["pkill", "-KILL", "-x", "pg_dump"], check=False)
+    victims = [p for p in _descendants(proc.pid) if _comm(p) == "pg_dump"]
+    assert victims, "no pg_dump below the runner"
+    for pid in victims:  # only our own dump: other pg_dumps on the machine are left alone
+        os.kill(pid, signal.SIGKILL)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 6, err
     assert b"pg_dumpall" in err

@@ -50,11 +50,6 @@ class _TailReader:
             self.total += n
         return n or 0
 
-    def read(self, n: int = -1) -> bytes:
-        buf = bytearray(n if n > 0 else 1 << 20)
-        got = self.readinto(buf)
-        return bytes(buf[:got])
-
 
 class Tool:
     """A running child process with its stderr drained into a short tail."""

@@ -18,7 +18,6 @@ import os
 import stat as statmod
 import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import BinaryIO
@@ -84,7 +83,6 @@ class BlobSaver:
         self._packers = {DATA: PackBuilder(DATA), TREE: PackBuilder(TREE)}
         self._uploads: list[Future] = []
         self.unindexed: list[tuple[bytes, list[PackedBlob]]] = []
-        self.indexed: list[bytes] = []
         self._local = threading.local()
         self._error: BaseException | None = None
 
@@ -157,8 +155,6 @@ class BlobSaver:
                 self.unindexed.extend(batch)
             self._error = e
             raise
-        with self._lock:
-            self.indexed.extend(p for p, _ in batch)
         for pack_id, blobs in batch:
             self.repo.index.add_pack(pack_id, blobs)
 
@@ -222,13 +218,11 @@ class Archiver:
         *,
         workers: int | None = None,
         level: int = compression.DEFAULT_LEVEL,
-        on_progress: Callable[[Stats], None] | None = None,
     ):
         self.repo = repo
         self.stats = Stats()
         self.workers = workers or default_workers()
         self.saver = BlobSaver(repo, self.stats, self.workers, level)
-        self.on_progress = on_progress
         self._root = _Dir()
         self._done = False
 
@@ -252,8 +246,6 @@ class Archiver:
             while len(inflight) >= self.saver.max_inflight:
                 content.append(inflight.popleft().result().hex())
             inflight.append(self.saver.submit(DATA, data))
-            if self.on_progress:
-                self.on_progress(self.stats)
         while inflight:
             content.append(inflight.popleft().result().hex())
         ts = mtime or format_time(now())

@@ -10,6 +10,7 @@ from drivers.base import Driver
 
 from . import __version__, compression
 from .archiver import Archiver, BackupResult
+from .errors import RepositoryNotFound
 from .lock import RepositoryLock
 from .progress import Progress
 from .repository import Repository, current_username
@@ -32,7 +33,10 @@ class BackupPlan:
 
 
 def open_or_none(backend: Backend, password: str) -> Repository | None:
-    return Repository.open(backend, password) if Repository.exists(backend) else None
+    try:
+        return Repository.open(backend, password)
+    except RepositoryNotFound:
+        return None
 
 
 def run_backup(plan: BackupPlan) -> BackupResult:

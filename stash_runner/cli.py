@@ -69,6 +69,8 @@ def _stash_flags(f: Callable) -> Callable:
         click.option("--kubeconfig", default=""),
         click.option("--master", default="", hidden=True),
         click.option("--license-apiservice", default="", hidden=True),
+        click.option("--objects", "objects", multiple=True, type=click.Path(), help="Files with the objects."),
+        click.option("--namespace", default="default", show_default=True),
     ]
     for opt in reversed(opts):
         f = opt(f)
@@ -200,8 +202,6 @@ def backup(objects, namespace, appbinding, repository, hostname, tags, output_di
 
 @cli.command("backup-pg")
 @_stash_flags
-@click.option("--objects", "objects", multiple=True, type=click.Path(), help="Files with the objects.")
-@click.option("--namespace", default="default", show_default=True)
 @click.option("--backupsession", default="")
 @click.option("--backup-cmd", default="pg_dumpall", show_default=True)
 @click.option("--retention-keep-last", default=0, type=int)
@@ -255,8 +255,6 @@ def restore(objects, namespace, appbinding, repository, snapshot, hostname, sour
 
 @cli.command("restore-pg")
 @_stash_flags
-@click.option("--objects", "objects", multiple=True, type=click.Path(), help="Files with the objects.")
-@click.option("--namespace", default="default", show_default=True)
 @click.option("--restoresession", default="")
 @click.option("--snapshot", default="latest", show_default=True)
 @click.option("--source-hostname", default="")

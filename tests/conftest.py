@@ -53,9 +53,4 @@ def repo_dir(tmp_path):
     return str(tmp_path / "repo")
 
 
-def pytest_collection_modifyitems(items):
-    # Fail loudly rather than skip: nothing in this suite may skip.
-    for item in items:
-        item.add_marker(pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning"))
-
 

@@ -42,11 +42,23 @@ class BackendError(Exception):
     """The storage failed; the message names the backend and the object."""
 
 
+class TransientError(BackendError):
+    """A failure worth retrying: throttling, a 5xx, a dropped or stalled connection, a short read."""
+
+
+class AccessDeniedError(BackendError):
+    """The credentials were rejected or lack a permission; retrying cannot help."""
+
+
 class Backend(abc.ABC):
     """save, load a range, stat, list, remove: all the repository needs from storage.
 
     Files are written once and never modified; ``save`` must be atomic (a reader sees the whole
-    file or none of it).
+    file or none of it). Every method is called from several threads at once.
+
+    Errors: ``NotFoundError`` for a missing file, ``AccessDeniedError`` for rejected credentials,
+    ``TransientError`` for what a retry may cure, ``BackendError`` for the rest. Providers do not
+    retry themselves: ``RetryBackend`` wraps them with one policy for all.
     """
 
     #: where the repository is, for messages (never contains credentials)

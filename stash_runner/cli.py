@@ -11,6 +11,8 @@ from collections.abc import Callable
 
 import click
 
+from backends.retry import RetryPolicy
+
 from . import __version__, compression
 from .backup import BackupPlan, run_backup
 from .errors import BadInput, Interrupted, RunnerError
@@ -48,6 +50,20 @@ def _pg_options(f: Callable) -> Callable:
     return click.option("--scratch-dir", default=None, help="Directory for temporary files (certificates).")(f)
 
 
+def _storage_options(f: Callable) -> Callable:
+    """How hard to try a remote storage before giving up (local volumes are not retried)."""
+    f = click.option("--backend-timeout", default=RetryPolicy.timeout, show_default=True, type=float,
+                     envvar="STASH_RUNNER_BACKEND_TIMEOUT",
+                     help="Seconds a storage request may stall before it is retried.")(f)
+    return click.option("--backend-retries", default=RetryPolicy.attempts, show_default=True, type=click.IntRange(1),
+                        envvar="STASH_RUNNER_BACKEND_RETRIES",
+                        help="Attempts per storage request (throttling, 5xx, dropped connections).")(f)
+
+
+def _policy(retries: int, timeout: float) -> RetryPolicy:
+    return RetryPolicy(attempts=retries, timeout=timeout)
+
+
 def _stash_flags(f: Callable) -> Callable:
     """The flags of Stash's addon images, so a Stash Function's args work unchanged."""
     opts = [
@@ -74,7 +90,7 @@ def _stash_flags(f: Callable) -> Callable:
     ]
     for opt in reversed(opts):
         f = opt(f)
-    return f
+    return _storage_options(f)
 
 
 def _truthy(value: str) -> bool:
@@ -94,6 +110,7 @@ def _flags_storage(source, kw: dict) -> Storage:
         secret_dir=kw["secret_dir"],
         max_connections=kw["max_connections"],
         insecure_tls=_truthy(kw["insecure_tls"]),
+        policy=_policy(kw["backend_retries"], kw["backend_timeout"]),
     )
 
 
@@ -138,6 +155,7 @@ def _backup(driver, storage: Storage, hostname: str, tags: list[str], wait_timeo
         result = run_backup(plan)
     finally:
         driver.close()
+        storage.close()
     st = result.stats
     log.info(
         "snapshot %s saved for %s: %s read, %s stored, %.1f s (%s)",
@@ -158,6 +176,7 @@ def _restore(driver, storage: Storage, snapshot: str, source_hostname: str, wait
                                          wait_timeout=wait_timeout))
     finally:
         driver.close()
+        storage.close()
     log.info("restored snapshot %s: %s in %.1f s (%s)", result.snapshot.short_id,
              stash_bytes(result.bytes_restored), result.seconds, rate(result.bytes_restored, result.seconds))
 
@@ -170,9 +189,14 @@ def _restore(driver, storage: Storage, snapshot: str, source_hostname: str, wait
 @click.option("-q", "--quiet", is_flag=True, help="Only errors.")
 def cli(verbose: bool, quiet: bool) -> None:
     """Back up and restore databases into restic repositories, as Stash's executor."""
-    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
-    logging.basicConfig(level=level, format="%(asctime)s %(message)s", datefmt="%Y-%m-%dT%H:%M:%S",
-                        stream=sys.stderr, force=True)
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(asctime)s %(message)s",
+                        datefmt="%Y-%m-%dT%H:%M:%S", stream=sys.stderr, force=True)
+    # -v is for our own messages only: the storage SDKs' debug logs print request URLs, and a SAS token
+    # or a signed URL in them is a credential.
+    logging.getLogger("stash_runner").setLevel(logging.DEBUG if verbose else logging.NOTSET)
+    # The SDKs log every request at INFO; they speak up at WARNING and above.
+    for sdk in ("azure", "google", "botocore", "boto3", "urllib3"):
+        logging.getLogger(sdk).setLevel(logging.WARNING)
 
 
 @cli.command()
@@ -187,12 +211,14 @@ def cli(verbose: bool, quiet: bool) -> None:
 @click.option("--compression-level", default=compression.DEFAULT_LEVEL, show_default=True, type=int)
 @click.option("--workers", default=None, type=int, help="Threads for hashing/compressing/encrypting.")
 @_pg_options
+@_storage_options
 def backup(objects, namespace, appbinding, repository, hostname, tags, output_dir, driver, backup_cmd,
-           compression_level, workers, pg_args, user, wait_timeout, scratch_dir) -> None:
+           compression_level, workers, pg_args, user, wait_timeout, scratch_dir, backend_retries,
+           backend_timeout) -> None:
     """Dump a database into a snapshot of a repository (created if it does not exist)."""
     def work() -> SnapshotStats:
         source = object_source(objects)
-        storage = storage_from_repository(source, namespace, repository)
+        storage = storage_from_repository(source, namespace, repository, _policy(backend_retries, backend_timeout))
         drv = driver_for(source, namespace, appbinding, DriverOptions(
             backup_cmd=backup_cmd, pg_args=pg_args, user=user, scratch_dir=scratch_dir, driver=driver))
         return _backup(drv, storage, hostname, list(tags), wait_timeout, compression_level, workers)
@@ -240,12 +266,13 @@ def backup_pg(**kw) -> None:
 @click.option("--output-dir", default="", help="Write Stash's output.json here.")
 @click.option("--driver", default="", help="Database driver (default: from the AppBinding's spec.type).")
 @_pg_options
+@_storage_options
 def restore(objects, namespace, appbinding, repository, snapshot, hostname, source_hostname, output_dir, driver,
-            pg_args, user, wait_timeout, scratch_dir) -> None:
+            pg_args, user, wait_timeout, scratch_dir, backend_retries, backend_timeout) -> None:
     """Restore a snapshot into the database of an AppBinding."""
     def work() -> None:
         source = object_source(objects)
-        storage = storage_from_repository(source, namespace, repository)
+        storage = storage_from_repository(source, namespace, repository, _policy(backend_retries, backend_timeout))
         drv = driver_for(source, namespace, appbinding, DriverOptions(
             pg_args=pg_args, user=user, scratch_dir=scratch_dir, driver=driver))
         _restore(drv, storage, snapshot, source_hostname or hostname, wait_timeout)
@@ -276,11 +303,16 @@ def restore_pg(**kw) -> None:
 @click.option("--repository", required=True, help="Repository to list.")
 @click.option("--host", "host", default="", help="Only snapshots of this host.")
 @click.option("--json", "as_json", is_flag=True, help="Print restic's JSON (as `restic snapshots --json`).")
-def snapshots(objects, namespace, repository, host, as_json) -> None:
+@_storage_options
+def snapshots(objects, namespace, repository, host, as_json, backend_retries, backend_timeout) -> None:
     """List the snapshots of a repository."""
-    storage = storage_from_repository(object_source(objects), namespace, repository)
-    repo = Repository.open(storage.backend, storage.password)
-    snaps = [s for s in repo.list_snapshots() if not host or s.hostname == host]
+    storage = storage_from_repository(object_source(objects), namespace, repository,
+                                      _policy(backend_retries, backend_timeout))
+    try:
+        repo = Repository.open(storage.backend, storage.password)
+        snaps = [s for s in repo.list_snapshots() if not host or s.hostname == host]
+    finally:
+        storage.close()
     if as_json:
         click.echo(json.dumps([s.summary_json() for s in snaps]))
         return
@@ -297,17 +329,22 @@ def snapshots(objects, namespace, repository, host, as_json) -> None:
 @click.option("--host", "host", default="", help="With 'latest': the latest snapshot of this host.")
 @click.argument("snapshot")
 @click.argument("path", required=False)
-def dump(objects, namespace, repository, host, snapshot, path) -> None:
+@_storage_options
+def dump(objects, namespace, repository, host, snapshot, path, backend_retries, backend_timeout) -> None:
     """Write a file of a snapshot to stdout (the snapshot's only file when PATH is not given)."""
-    storage = storage_from_repository(object_source(objects), namespace, repository)
-    repo = Repository.open(storage.backend, storage.password)
-    repo.load_index()
-    snap = repo.find_snapshot(snapshot, hostname=host or None)
-    _, node = find_file(repo, snap, path)
-    out = sys.stdout.buffer
-    for chunk in iter_content(repo, node):
-        out.write(chunk)
-    out.flush()
+    storage = storage_from_repository(object_source(objects), namespace, repository,
+                                      _policy(backend_retries, backend_timeout))
+    try:
+        repo = Repository.open(storage.backend, storage.password)
+        repo.load_index()
+        snap = repo.find_snapshot(snapshot, hostname=host or None)
+        _, node = find_file(repo, snap, path)
+        out = sys.stdout.buffer
+        for chunk in iter_content(repo, node):
+            out.write(chunk)
+        out.flush()
+    finally:
+        storage.close()
 
 
 # -- entry point -----------------------------------------------------------------------------

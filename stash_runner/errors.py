@@ -37,6 +37,12 @@ class LockedError(RepositoryError):
     pass
 
 
+class StorageAccessDenied(RunnerError):
+    """The storage rejected the credentials, or they lack a permission (a bucket cannot be created)."""
+
+    exit_code = 8
+
+
 class DatabaseUnreachable(RunnerError):
     exit_code = 5
 

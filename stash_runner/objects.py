@@ -284,6 +284,7 @@ class Repository:
                 prefix=conf.get("prefix") or "",
                 endpoint=conf.get("endpoint") or "",
                 region=conf.get("region") or "",
+                max_connections=int(conf.get("maxConnections") or 0),
                 insecure_tls=bool(conf.get("insecureTLS")),
             )
         elif provider == "azure":

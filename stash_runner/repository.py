@@ -11,11 +11,18 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from backends.base import Backend, BackendError, FileType, Handle, NotFoundError
+from backends.base import AccessDeniedError, Backend, BackendError, FileType, Handle, NotFoundError
 
 from . import compression, crypto
 from .chunker_polynomial import random_polynomial
-from .errors import IntegrityError, RepositoryError, RepositoryNotFound, SnapshotNotFound, WrongPassword
+from .errors import (
+    IntegrityError,
+    RepositoryError,
+    RepositoryNotFound,
+    SnapshotNotFound,
+    StorageAccessDenied,
+    WrongPassword,
+)
 from .index import Index, index_json, split_for_files
 from .pack import PackedBlob
 from .snapshot import Snapshot
@@ -238,5 +245,7 @@ def _call(backend: Backend, fn: Callable):
         return fn()
     except NotFoundError as e:
         raise RepositoryError(str(e)) from None
+    except AccessDeniedError as e:
+        raise StorageAccessDenied(str(e)) from None
     except BackendError as e:
         raise RepositoryError(str(e)) from None

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from backends import Backend, open_backend
+from backends.retry import RetryPolicy
 from drivers.base import Driver
 from drivers.postgres import Connection, PostgresDriver
 
@@ -27,16 +28,20 @@ class Storage:
     password: str = field(repr=False)
     where: str = ""
 
+    def close(self) -> None:
+        self.backend.close()
 
-def _storage(spec: BackendSpec, secret: Secret, where: str) -> Storage:
+
+def _storage(spec: BackendSpec, secret: Secret, where: str, policy: RetryPolicy | None) -> Storage:
     password = secret.get("RESTIC_PASSWORD")
-    return Storage(open_backend(spec, secret, where), password, where)
+    return Storage(open_backend(spec, secret, where, policy), password, where)
 
 
-def storage_from_repository(source: ObjectSource, namespace: str, name: str) -> Storage:
+def storage_from_repository(source: ObjectSource, namespace: str, name: str,
+                            policy: RetryPolicy | None = None) -> Storage:
     repo = Repository.from_object(source.get("Repository", namespace, name), namespace)
     secret = Secret.from_object(source.get("Secret", repo.namespace, repo.storage_secret_name), repo.namespace)
-    return _storage(repo.backend, secret, repo.ref)
+    return _storage(repo.backend, secret, repo.ref, policy)
 
 
 def storage_from_flags(
@@ -52,6 +57,7 @@ def storage_from_flags(
     secret_dir: str = "",
     max_connections: int = 0,
     insecure_tls: bool = False,
+    policy: RetryPolicy | None = None,
 ) -> Storage:
     """Stash's addon flags: --provider --bucket --path ... with the secret by name or mounted."""
     if not provider:
@@ -70,7 +76,7 @@ def storage_from_flags(
         raise BadInput("--storage-secret-name (or --secret-dir) is missing")
     if provider == "local" and not bucket and path:
         spec = BackendSpec(provider, bucket=path)  # Stash's local flags put the mount path in --path
-    return _storage(spec, secret, f"--provider {provider}")
+    return _storage(spec, secret, f"--provider {provider}", policy)
 
 
 @dataclass

@@ -6,6 +6,7 @@ import tempfile
 
 import pytest
 
+from . import servers
 from .pgcluster import PgCluster, load_sample
 
 
@@ -54,3 +55,27 @@ def repo_dir(tmp_path):
 
 
 
+
+
+def _server(start, workdir: str, name: str):
+    s = start(os.path.join(workdir, name))
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="session")
+def moto_server(workdir):
+    """moto's S3 server on a free loopback port; ``.env`` has its credentials."""
+    yield from _server(servers.start_moto, workdir, "moto")
+
+
+@pytest.fixture(scope="session")
+def gcs_server(workdir):
+    """fake-gcs-server; ``.env`` has STORAGE_EMULATOR_HOST."""
+    yield from _server(servers.start_fake_gcs, workdir, "fake-gcs")
+
+
+@pytest.fixture(scope="session")
+def azurite_server(workdir):
+    """Azurite's blob service; ``.env`` has the dev account, key and AZURE_ENDPOINT."""
+    yield from _server(servers.start_azurite, workdir, "azurite")

@@ -20,8 +20,13 @@ def b64(s: str) -> str:
 
 def objects_yaml(path: str, *, cluster=None, repo_dir: str = "", namespace: str = "demo",
                  repo_password: str | None = REPO_PASSWORD, pg_password: str | None = None,
-                 appbinding: str = "pg", url: str | None = None, extra: list[dict] | None = None) -> str:
-    """Write AppBinding + Secrets + Repository as `kubectl get -o yaml` would (a kind: List)."""
+                 appbinding: str = "pg", url: str | None = None, extra: list[dict] | None = None,
+                 backend: dict | None = None, storage_secret: dict[str, str] | None = None) -> str:
+    """Write AppBinding + Secrets + Repository as `kubectl get -o yaml` would (a kind: List).
+
+    The Repository is local at ``repo_dir``, or ``backend`` (e.g. ``{"s3": {...}}``) with the
+    storage Secret holding RESTIC_PASSWORD plus ``storage_secret``.
+    """
     docs: list[dict] = []
     if cluster is not None or url:
         docs.append({
@@ -33,11 +38,14 @@ def objects_yaml(path: str, *, cluster=None, repo_dir: str = "", namespace: str 
         pw = pg_password if pg_password is not None else cluster.password
         docs.append({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": f"{appbinding}-auth",
                      "namespace": namespace}, "data": {"username": b64("postgres"), "password": b64(pw)}})
-    if repo_dir:
+    if repo_dir or backend:
+        spec_backend = dict(backend or {"local": {"mountPath": repo_dir}})
+        spec_backend["storageSecretName"] = "repo-secret"
         docs.append({"apiVersion": "stash.appscode.com/v1alpha1", "kind": "Repository",
                      "metadata": {"name": "repo", "namespace": namespace},
-                     "spec": {"backend": {"local": {"mountPath": repo_dir}, "storageSecretName": "repo-secret"}}})
+                     "spec": {"backend": spec_backend}})
         data = {"RESTIC_PASSWORD": b64(repo_password)} if repo_password is not None else {}
+        data.update({k: b64(v) for k, v in (storage_secret or {}).items()})
         docs.append({"apiVersion": "v1", "kind": "Secret",
                      "metadata": {"name": "repo-secret", "namespace": namespace}, "data": data})
     docs.extend(extra or [])
@@ -56,8 +64,9 @@ def runner(*args: str, check: bool = False, env: dict | None = None, timeout: fl
 
 
 def restic(repo: str, *args: str, password: str = REPO_PASSWORD, check: bool = True,
-           input: bytes | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "RESTIC_PASSWORD": password, "RESTIC_REPOSITORY": repo}
+           input: bytes | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """``env``: extra variables, e.g. a remote repository's credentials."""
+    env = {**os.environ, **(env or {}), "RESTIC_PASSWORD": password, "RESTIC_REPOSITORY": repo}
     r = subprocess.run(["restic", "--no-cache", *args], capture_output=True, env=env, input=input)
     if check and r.returncode != 0:
         raise AssertionError(f"restic {' '.join(args)} exited {r.returncode}:\n{r.stderr.decode()}")

@@ -1,8 +1,27 @@
 #!/usr/bin/env python3
 """Benchmark a ~1 GB pg_dumpall backup: the dump alone, piped into restic, and through stash-runner.
 
-Run from the repository root: ``python3 bench/bench_backup.py [--size-mb N] [--runs N] [--keep]``.
+Run from the repository root: ``python3 bench/bench_backup.py [--size-mb N] [--runs N] [--keep] [--no-s3 |
+--only-s3] [--s3-connections N]``.
 Prints a Markdown table and the target ratios; writes both (and every raw number as JSON) to bench/out/.
+
+Rows: the dump alone; ``pg_dumpall | restic backup --stdin`` and ``stash-runner backup`` into a local
+repository; and the same two into an S3 repository on moto's S3 server (tests/servers.py start_moto),
+one server for the whole benchmark on a loopback port. Every run uses a fresh directory, or a fresh
+bucket, for every repository, so nothing deduplicates across runs. ``--no-s3`` skips the S3 rows,
+``--only-s3`` runs only them (quick checks). ``--s3-connections N`` sets the S3 Repository's
+maxConnections and restic's ``-o s3.connections`` alike (default: both tools' default, 5).
+
+About the S3 rows: moto is a Python (werkzeug) server that keeps objects under 5 MB in memory and
+spools larger ones to temporary files; it runs on the same 2 cores as everything else, so it is not
+a model of real S3 throughput but a local stand-in that both uploaders share equally. Its CPU during
+a step is reported apart (column "S3 server"), not as "other". Its peak RSS per step is measured by
+resetting the kernel's high-water mark (``echo 5 > /proc/PID/clear_refs``) before the step and reading
+VmHWM from /proc/PID/status after it. Each step's bucket is emptied and deleted right after it is
+measured (the stored size is the sum of the object sizes under the prefix, from list_objects_v2), so
+moto's memory does not grow over the runs. ``restic init`` for the S3 row is, as for the local one,
+outside the timed window; stash-runner creates its bucket and repository inside its run, as it does
+with the local directory.
 
 How CPU and memory are measured (Linux): every measured process is a direct child of this script,
 started with Popen and reaped with ``os.wait4``. On Linux the rusage that wait4 returns is the
@@ -25,6 +44,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import importlib.metadata
 import json
 import os
 import platform
@@ -35,6 +55,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 
@@ -42,8 +63,12 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT_DIR = os.path.join(REPO_ROOT, "bench", "out")
 sys.path.insert(0, REPO_ROOT)
 
+import boto3  # noqa: E402
+import botocore.config  # noqa: E402
+
 from tests.helpers import REPO_PASSWORD, objects_yaml  # noqa: E402
 from tests.pgcluster import PgCluster, load_bulk  # noqa: E402
+from tests.servers import Server, start_moto  # noqa: E402
 
 MB = 1_000_000  # dump sizes and throughput in decimal MB, as --size-mb
 MIB = 1 << 20  # memory and repository sizes in MiB
@@ -56,7 +81,12 @@ SIZE_TOLERANCE = 0.25  # re-load the data when load_bulk misses the dump size by
 STEP_DUMP = "pg_dumpall > /dev/null"
 STEP_RESTIC = "pg_dumpall | restic backup --stdin"
 STEP_RUNNER = "stash-runner backup"
-STEPS = (STEP_DUMP, STEP_RESTIC, STEP_RUNNER)
+STEP_RESTIC_S3 = "pg_dumpall | restic backup --stdin (S3)"
+STEP_RUNNER_S3 = "stash-runner backup (S3)"
+LOCAL_STEPS = (STEP_DUMP, STEP_RESTIC, STEP_RUNNER)
+S3_STEPS = (STEP_RESTIC_S3, STEP_RUNNER_S3)
+STEPS = LOCAL_STEPS + S3_STEPS
+S3_PREFIX = "stash/pg"
 
 # Runs the CLI exactly as `python3 -m stash_runner ARGS` does, and records the interpreter's own
 # peak RSS at exit (argv[1] is the report file), which wait4 cannot separate from its children's.
@@ -97,6 +127,9 @@ class Sample:
     cpu_children_delta: float = 0.0  # cross-check of `cpu` from RUSAGE_CHILDREN of this script
     server_cpu: float = 0.0  # the PostgreSQL server (postmaster and its reaped backends), same window
     other_cpu: float = 0.0  # everything else on the machine in that window: should be ~0 on an idle box
+    s3_server_cpu: float | None = None  # moto, same window (S3 steps only)
+    s3_server_peak_rss_kib: int | None = None  # moto's VmHWM over the step (reset just before it)
+    s3_server_rss_before_kib: int | None = None  # moto's VmRSS when the step started
 
 
 # -- processes ---------------------------------------------------------------------------------
@@ -138,7 +171,7 @@ def _busy_cpu() -> float:
 
 
 def _server_cpu(pid: int) -> float:
-    """The postmaster's CPU plus its reaped children's: every backend that has exited counts."""
+    """The process's CPU (all threads) plus its reaped children's: for the postmaster, every backend that exited."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return sum(int(x) for x in fields[11:15]) / _TICK  # utime, stime, cutime, cstime
@@ -149,22 +182,36 @@ class Window:
     """CPU accounting around one timed step: ours (RUSAGE_CHILDREN), the server's, the machine's."""
 
     postmaster: int
+    s3: S3Server | None = None  # the S3 server the step writes to: its CPU is counted apart from "other"
     ours: float = 0.0
     server: float = 0.0
     other: float = 0.0
+    s3_cpu: float | None = None
+    s3_peak_kib: int | None = None
+    s3_before_kib: int | None = None
 
     def __enter__(self) -> Window:
-        self._start = (_children_cpu(), _server_cpu(self.postmaster), _busy_cpu())
+        if self.s3:
+            self.s3.reset_peak()
+            self.s3_before_kib = self.s3.memory()["VmRSS"]
+        s3_cpu = _server_cpu(self.s3.pid) if self.s3 else 0.0
+        self._start = (_children_cpu(), _server_cpu(self.postmaster), _busy_cpu(), s3_cpu)
         return self
 
     def __exit__(self, *exc: object) -> None:
         time.sleep(0.2)  # let the postmaster reap the dump's backend before reading its cutime
         ours, server, busy = _children_cpu(), _server_cpu(self.postmaster), _busy_cpu()
         self.ours, self.server = ours - self._start[0], server - self._start[1]
-        self.other = max(0.0, (busy - self._start[2]) - self.ours - self.server)
+        s3_cpu = 0.0
+        if self.s3:
+            s3_cpu = _server_cpu(self.s3.pid) - self._start[3]
+            self.s3_cpu, self.s3_peak_kib = s3_cpu, self.s3.memory()["VmHWM"]
+        self.other = max(0.0, (busy - self._start[2]) - self.ours - self.server - s3_cpu)
 
     def fill(self, sample: Sample) -> Sample:
         sample.cpu_children_delta, sample.server_cpu, sample.other_cpu = self.ours, self.server, self.other
+        sample.s3_server_cpu, sample.s3_server_peak_rss_kib = self.s3_cpu, self.s3_peak_kib
+        sample.s3_server_rss_before_kib = self.s3_before_kib
         return sample
 
 
@@ -186,15 +233,93 @@ def dir_bytes(path: str) -> int:
     return total
 
 
-def restic_env() -> dict[str, str]:
+def restic_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RESTIC_")}
     env["RESTIC_PASSWORD"] = REPO_PASSWORD
+    env.update(extra or {})
     return env
 
 
-def restic(repo: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["restic", "--no-cache", "-r", repo, *args], env=restic_env(), capture_output=True,
+def restic(repo: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """``env``: extra variables, e.g. an S3 repository's credentials."""
+    return subprocess.run(["restic", "--no-cache", "-r", repo, *args], env=restic_env(env), capture_output=True,
                           text=True)
+
+
+class S3Server:
+    """moto's S3 server for the S3 rows: a fresh bucket per repository, its size, its removal, moto's memory."""
+
+    def __init__(self, workdir: str, connections: int = 0):
+        self.server: Server = start_moto(workdir)
+        self.connections = connections  # 0: each tool's default
+        self.pid = self.server.proc.pid  # the pyenv shim, if any, execs: the same PID ends up as moto
+        with open(f"/proc/{self.pid}/cmdline", "rb") as f:
+            self.cmdline = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+        self.peak_resettable = True
+        self.client = boto3.client(
+            "s3", endpoint_url=self.server.url, region_name="us-east-1", **self.env_kw(),
+            config=botocore.config.Config(s3={"addressing_style": "path"}, retries={"mode": "standard"}))
+
+    @property
+    def env(self) -> dict[str, str]:
+        return self.server.env
+
+    def env_kw(self) -> dict[str, str]:
+        return {"aws_access_key_id": self.env["AWS_ACCESS_KEY_ID"],
+                "aws_secret_access_key": self.env["AWS_SECRET_ACCESS_KEY"]}
+
+    @staticmethod
+    def fresh_bucket(kind: str, run: int) -> str:
+        return f"bench-{kind}-{run}-{uuid.uuid4().hex[:10]}"
+
+    def restic_url(self, bucket: str) -> str:
+        return f"s3:{self.server.url}/{bucket}/{S3_PREFIX}"
+
+    def backend(self, bucket: str) -> dict:
+        conf = {"endpoint": self.server.url, "bucket": bucket, "prefix": S3_PREFIX}
+        if self.connections:
+            conf["maxConnections"] = self.connections
+        return {"s3": conf}
+
+    def restic_options(self) -> list[str]:
+        return ["-o", f"s3.connections={self.connections}"] if self.connections else []
+
+    def memory(self) -> dict[str, int]:
+        """VmRSS and VmHWM of moto, in KiB."""
+        out = {}
+        with open(f"/proc/{self.pid}/status") as f:
+            for line in f:
+                key, _, rest = line.partition(":")
+                if key in ("VmRSS", "VmHWM"):
+                    out[key] = int(rest.split()[0])
+        return out
+
+    def reset_peak(self) -> None:
+        """Set VmHWM back to the current RSS (Linux >= 4.0), so the next reading is the step's own peak."""
+        try:
+            with open(f"/proc/{self.pid}/clear_refs", "w") as f:
+                f.write("5")
+        except OSError:
+            self.peak_resettable = False  # then VmHWM is moto's lifetime peak
+
+    def _objects(self, bucket: str) -> Iterator[dict]:
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{S3_PREFIX}/"):
+            yield from page.get("Contents", [])
+
+    def stored_bytes(self, bucket: str) -> int:
+        return sum(int(o["Size"]) for o in self._objects(bucket))
+
+    def drop(self, bucket: str) -> None:
+        """Empty and delete the bucket, so moto frees what it holds."""
+        keys = [{"Key": o["Key"]} for o in self._objects(bucket)]
+        for i in range(0, len(keys), 1000):
+            self.client.delete_objects(Bucket=bucket, Delete={"Objects": keys[i:i + 1000], "Quiet": True})
+        self.client.delete_bucket(Bucket=bucket)
+
+    def stop(self) -> None:
+        with contextlib.suppress(Exception):
+            self.client.close()
+        self.server.stop()
 
 
 # -- the three measurements --------------------------------------------------------------------
@@ -213,41 +338,57 @@ def measure_dump(cluster: PgCluster, run_dir: str) -> Sample:
     return win.fill(Sample(STEP_DUMP, wall, u.utime + u.stime, None, None, usage))
 
 
-def measure_restic(cluster: PgCluster, run_dir: str) -> Sample:
-    repo = os.path.join(run_dir, "restic-repo")
-    r = restic(repo, "init")  # not timed: the runner creates its repository inside its run, but that is cheap
+def measure_restic(cluster: PgCluster, run_dir: str, s3: S3Server | None = None,
+                   bucket: str = "") -> tuple[Sample, str]:
+    """Into ``run_dir``/restic-repo, or with ``s3`` into ``bucket`` on it. Returns the sample and the repository."""
+    if s3:
+        repo, env, tag, step, opts = s3.restic_url(bucket), s3.env, "-s3", STEP_RESTIC_S3, s3.restic_options()
+    else:
+        repo, env, tag, step, opts = os.path.join(run_dir, "restic-repo"), {}, "", STEP_RESTIC, []
+    # Not timed: the runner creates its repository inside its run, but that is cheap. On S3 this makes the bucket.
+    r = restic(repo, *opts, "init", env=env)
     if r.returncode != 0:
         raise RuntimeError(f"restic init failed: {r.stderr}")
-    logs = {"pg_dumpall": os.path.join(run_dir, "pg_dumpall.err"), "restic": os.path.join(run_dir, "restic.log")}
+    logs = {"pg_dumpall": os.path.join(run_dir, f"pg_dumpall{tag}.err"),
+            "restic": os.path.join(run_dir, f"restic{tag}.log")}
     procs: list[subprocess.Popen] = []
-    with Window(cluster.pid) as win, open(logs["pg_dumpall"], "wb") as derr, open(logs["restic"], "wb") as rlog, \
-            _killed_on_error(procs):
+    with Window(cluster.pid, s3) as win, open(logs["pg_dumpall"], "wb") as derr, \
+            open(logs["restic"], "wb") as rlog, _killed_on_error(procs):
         t0 = time.perf_counter()
         dump = subprocess.Popen(["pg_dumpall"], stdout=subprocess.PIPE, stderr=derr, env=cluster.env())
         procs.append(dump)
         try:
             procs.append(subprocess.Popen(
-                ["restic", "--no-cache", "-r", repo, "backup", "--stdin", "--stdin-filename", "dumpfile.sql",
+                ["restic", "--no-cache", "-r", repo, *opts, "backup", "--stdin", "--stdin-filename", "dumpfile.sql",
                  "--host", "host-0"],
-                stdin=dump.stdout, stdout=rlog, stderr=subprocess.STDOUT, env=restic_env()))
+                stdin=dump.stdout, stdout=rlog, stderr=subprocess.STDOUT, env=restic_env(env)))
         finally:
             dump.stdout.close()  # only restic holds the read end: pg_dumpall sees EPIPE if restic dies
         usage = {"pg_dumpall": _reap(procs[0]), "restic": _reap(procs[1])}
         wall = time.perf_counter() - t0
     _check(usage, logs)
     cpu = sum(u.utime + u.stime for u in usage.values())
-    return win.fill(Sample(STEP_RESTIC, wall, cpu, usage["restic"].maxrss_kib, dir_bytes(repo), usage))
+    stored = s3.stored_bytes(bucket) if s3 else dir_bytes(repo)
+    return win.fill(Sample(step, wall, cpu, usage["restic"].maxrss_kib, stored, usage)), repo
 
 
-def measure_runner(cluster: PgCluster, run_dir: str) -> tuple[Sample, str]:
-    repo = os.path.join(run_dir, "runner-repo")
-    objects = objects_yaml(os.path.join(run_dir, "objects.yaml"), cluster=cluster, repo_dir=repo)
-    rss_file = os.path.join(run_dir, "runner-rusage.json")
-    logs = {"stash-runner": os.path.join(run_dir, "stash-runner.log")}
+def measure_runner(cluster: PgCluster, run_dir: str, s3: S3Server | None = None,
+                   bucket: str = "") -> tuple[Sample, str]:
+    """Into ``run_dir``/runner-repo, or with ``s3`` into ``bucket`` on it (which the runner creates)."""
+    tag = "-s3" if s3 else ""
+    if s3:
+        repo = s3.restic_url(bucket)
+        objects = objects_yaml(os.path.join(run_dir, "objects-s3.yaml"), cluster=cluster, backend=s3.backend(bucket),
+                               storage_secret=s3.env)
+    else:
+        repo = os.path.join(run_dir, "runner-repo")
+        objects = objects_yaml(os.path.join(run_dir, "objects.yaml"), cluster=cluster, repo_dir=repo)
+    rss_file = os.path.join(run_dir, f"runner-rusage{tag}.json")
+    logs = {"stash-runner": os.path.join(run_dir, f"stash-runner{tag}.log")}
     argv = [sys.executable, "-c", _RSS_WRAPPER, rss_file,
             "backup", "--objects", objects, "-n", "demo", "--appbinding", "pg", "--repository", "repo"]
     procs: list[subprocess.Popen] = []
-    with Window(cluster.pid) as win, open(logs["stash-runner"], "wb") as log, _killed_on_error(procs):
+    with Window(cluster.pid, s3) as win, open(logs["stash-runner"], "wb") as log, _killed_on_error(procs):
         t0 = time.perf_counter()
         # cwd: the repository root, so the code measured is this checkout's even without the editable install
         procs.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT))
@@ -259,7 +400,9 @@ def measure_runner(cluster: PgCluster, run_dir: str) -> tuple[Sample, str]:
     u = usage["stash-runner"]
     # The python process alone, from its atexit report; wait4's value is in `procs` for comparison.
     usage["stash-runner (python only)"] = ProcUsage(own["utime"], own["stime"], own["maxrss_kib"], 0)
-    return win.fill(Sample(STEP_RUNNER, wall, u.utime + u.stime, own["maxrss_kib"], dir_bytes(repo), usage)), repo
+    stored = s3.stored_bytes(bucket) if s3 else dir_bytes(repo)
+    step = STEP_RUNNER_S3 if s3 else STEP_RUNNER
+    return win.fill(Sample(step, wall, u.utime + u.stime, own["maxrss_kib"], stored, usage)), repo
 
 
 # -- data --------------------------------------------------------------------------------------
@@ -336,16 +479,30 @@ def summarize(runs: dict[str, list[Sample]], dump_bytes: int) -> dict[str, dict]
             "server_cpu_s": median_of(samples, "server_cpu"),
             "other_cpu_s": median_of(samples, "other_cpu"),
         }
+        if step in S3_STEPS:
+            moto_rss = median_of(samples, "s3_server_peak_rss_kib")
+            out[step]["s3_server_cpu_s"] = median_of(samples, "s3_server_cpu")
+            out[step]["s3_server_peak_rss_mib"] = moto_rss / 1024 if moto_rss is not None else None
+            out[step]["s3_server_peak_rss_mib_max"] = max(s.s3_server_peak_rss_kib or 0 for s in samples) / 1024
     return out
 
 
 def ratios(med: dict[str, dict]) -> list[dict]:
-    dump, rest, runner = med[STEP_DUMP], med[STEP_RESTIC], med[STEP_RUNNER]
-    checks = [
-        ("stash-runner wall / pg_dumpall wall", runner["wall_s"] / dump["wall_s"], "<=", TARGET_WALL_VS_DUMP),
-        ("restic wall / stash-runner wall", rest["wall_s"] / runner["wall_s"], ">=", TARGET_RESTIC_VS_RUNNER),
-        ("stash-runner peak RSS MiB", runner["peak_rss_mib"], "<=", TARGET_RSS_MIB),
-    ]
+    checks = []
+    if STEP_DUMP in med:
+        dump, rest, runner = med[STEP_DUMP], med[STEP_RESTIC], med[STEP_RUNNER]
+        checks += [
+            ("stash-runner wall / pg_dumpall wall", runner["wall_s"] / dump["wall_s"], "<=", TARGET_WALL_VS_DUMP),
+            ("restic wall / stash-runner wall", rest["wall_s"] / runner["wall_s"], ">=", TARGET_RESTIC_VS_RUNNER),
+            ("stash-runner peak RSS MiB", runner["peak_rss_mib"], "<=", TARGET_RSS_MIB),
+        ]
+    if STEP_RUNNER_S3 in med:
+        rest, runner = med[STEP_RESTIC_S3], med[STEP_RUNNER_S3]
+        checks += [
+            ("restic-S3 wall / stash-runner-S3 wall", rest["wall_s"] / runner["wall_s"], ">=",
+             TARGET_RESTIC_VS_RUNNER),
+            ("stash-runner-S3 peak RSS MiB", runner["peak_rss_mib"], "<=", TARGET_RSS_MIB),
+        ]
     return [{"check": name, "value": value, "op": op, "target": target,
              "pass": value <= target if op == "<=" else value >= target}
             for name, value, op, target in checks]
@@ -356,6 +513,7 @@ def _fmt(value: float | None, digits: int) -> str:
 
 
 def markdown(meta: dict, med: dict[str, dict], checks: list[dict], verify: dict) -> str:
+    steps = [s for s in STEPS if s in med]
     lines = [
         f"Dump: {meta['data']['dump_bytes'] / MB:.1f} MB from pg_dumpall ({meta['data']['rows']} rows), "
         f"median of {meta['args']['runs']} run(s); {meta['machine']['cpus']} CPUs, "
@@ -365,20 +523,35 @@ def markdown(meta: dict, med: dict[str, dict], checks: list[dict], verify: dict)
         "| step | wall s | MB/s | CPU s | peak RSS MiB | stored MiB |",
         "|---|---:|---:|---:|---:|---:|",
     ]
-    for step in STEPS:
+    for step in steps:
         m = med[step]
         lines.append(f"| `{step}` | {_fmt(m['wall_s'], 2)} | {_fmt(m['mb_per_s'], 1)} | {_fmt(m['cpu_s'], 1)} "
                      f"| {_fmt(m['peak_rss_mib'], 0)} | {_fmt(m['stored_mib'], 1)} |")
     # Not a target, but says where the time goes: with 2 cores, "cores busy" near 2 means CPU-bound.
+    s3 = any(s in med for s in S3_STEPS)
     lines += ["", "CPU breakdown (median s): ours = the CPU s column; server = PostgreSQL backends; "
-              "other = rest of the machine (should be ~0).", "",
-              "| step | ours | server | other | cores busy |", "|---|---:|---:|---:|---:|"]
-    for step in STEPS:
+              + ("S3 server = moto; " if s3 else "") + "other = rest of the machine (should be ~0).", "",
+              "| step | ours | server |" + (" S3 server |" if s3 else "") + " other | cores busy |",
+              "|---|---:|---:|" + ("---:|" if s3 else "") + "---:|---:|"]
+    for step in steps:
         m = med[step]
-        busy = (m["cpu_s"] + m["server_cpu_s"] + m["other_cpu_s"]) / m["wall_s"]
-        lines.append(f"| `{step}` | {m['cpu_s']:.1f} | {m['server_cpu_s']:.1f} | {m['other_cpu_s']:.1f} "
-                     f"| {busy:.2f} |")
-    disturbed = [s for s in STEPS if med[s]["other_cpu_s"] > 0.1 * med[s]["wall_s"]]
+        moto = m.get("s3_server_cpu_s")
+        busy = (m["cpu_s"] + m["server_cpu_s"] + (moto or 0) + m["other_cpu_s"]) / m["wall_s"]
+        lines.append(f"| `{step}` | {m['cpu_s']:.1f} | {m['server_cpu_s']:.1f} | "
+                     + (f"{_fmt(moto, 1)} | " if s3 else "") + f"{m['other_cpu_s']:.1f} | {busy:.2f} |")
+    if s3:
+        info = meta["s3"]
+        peak_how = "VmHWM reset before each step" if info["peak_resettable"] else "VmHWM over moto's lifetime"
+        lines += ["", f"S3 server: moto {info['moto_version']} on {info['url']} (one process; {peak_how}); "
+                  f"maxConnections / s3.connections: {info['connections'] or 'default (5)'}.", "",
+                  "| step | moto CPU s | moto peak RSS MiB (median / max) | moto RSS at step start MiB |",
+                  "|---|---:|---:|---:|"]
+        for step in (s for s in S3_STEPS if s in med):
+            m = med[step]
+            before = median_of(meta["_runs"][step], "s3_server_rss_before_kib")
+            lines.append(f"| `{step}` | {_fmt(m['s3_server_cpu_s'], 1)} | {_fmt(m['s3_server_peak_rss_mib'], 0)} / "
+                         f"{_fmt(m['s3_server_peak_rss_mib_max'], 0)} | {_fmt(before and before / 1024, 0)} |")
+    disturbed = [s for s in steps if med[s]["other_cpu_s"] > 0.1 * med[s]["wall_s"]]
     if disturbed:
         lines += ["", f"**Warning:** other processes used more than 0.1 core during {', '.join(disturbed)}: "
                   "the machine was not idle, so these numbers are disturbed."]
@@ -388,25 +561,26 @@ def markdown(meta: dict, med: dict[str, dict], checks: list[dict], verify: dict)
         digits = 0 if "MiB" in c["check"] else 2
         lines.append(f"| {c['check']} | {c['value']:.{digits}f} | {op} {c['target']:g} | "
                      f"{'PASS' if c['pass'] else 'MISS'} |")
-    lines += [
-        "",
-        f"`restic check` of the last stash-runner repository: {verify['restic_check']}; "
-        f"/dumpfile.sql in its snapshot: {verify['snapshot_file_bytes']} bytes "
-        f"({'same as' if verify['size_matches'] else 'DIFFERENT from'} the measured dump).",
-        f"Repository versions: restic {verify['restic_repo_version']}, "
-        f"stash-runner {verify['runner_repo_version']}.",
-    ]
+    lines.append("")
+    for kind, v in verify.items():
+        lines += [
+            f"`restic check` of the last stash-runner {kind} repository: {v['restic_check']}; "
+            f"/dumpfile.sql in its snapshot: {v['snapshot_file_bytes']} bytes "
+            f"({'same as' if v['size_matches'] else 'DIFFERENT from'} the measured dump).",
+            f"Repository versions ({kind}): restic {v['restic_repo_version']}, "
+            f"stash-runner {v['runner_repo_version']}.",
+        ]
     return "\n".join(lines) + "\n"
 
 
-def repo_version(repo: str) -> int | None:
-    r = restic(repo, "cat", "config")
+def repo_version(repo: str, env: dict[str, str] | None = None) -> int | None:
+    r = restic(repo, "cat", "config", env=env)
     return json.loads(r.stdout).get("version") if r.returncode == 0 else None
 
 
-def verify_runner_repo(repo: str, dump_bytes: int) -> dict:
-    check = restic(repo, "check")
-    ls = restic(repo, "ls", "--json", "latest", "/dumpfile.sql")
+def verify_runner_repo(repo: str, dump_bytes: int, env: dict[str, str] | None = None) -> dict:
+    check = restic(repo, "check", env=env)
+    ls = restic(repo, "ls", "--json", "latest", "/dumpfile.sql", env=env)
     size = None
     for line in ls.stdout.splitlines():
         node = json.loads(line)
@@ -434,9 +608,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--size-mb", type=int, default=1000, help="target pg_dumpall output size in MB (default 1000)")
     ap.add_argument("--runs", type=int, default=2, help="timed runs of each step; the median is reported (default 2)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory (cluster data, repositories)")
+    which = ap.add_mutually_exclusive_group()
+    which.add_argument("--no-s3", action="store_true", help="skip the S3 (moto) rows")
+    which.add_argument("--only-s3", action="store_true", help="only the S3 (moto) rows, for quick checks")
+    ap.add_argument("--s3-connections", type=int, default=0, metavar="N",
+                    help="S3 Repository maxConnections and restic -o s3.connections (default: their default, 5)")
     args = ap.parse_args(argv)
     if args.size_mb < 1 or args.runs < 1:
         ap.error("--size-mb and --runs must be at least 1")
+    if args.s3_connections < 0:
+        ap.error("--s3-connections must not be negative")
     return args
 
 
@@ -451,6 +632,8 @@ def main(argv: list[str] | None = None) -> int:
     tmp = tempfile.mkdtemp(prefix="bench-", dir="/tmp")
     os.chmod(tmp, 0o755)
     cluster = PgCluster(os.path.join(tmp, "pg"))
+    s3: S3Server | None = None
+    steps = (S3_STEPS if args.only_s3 else LOCAL_STEPS if args.no_s3 else STEPS)
     load_before = os.getloadavg()
     if load_before[0] > 0.5:
         # Anything else running on the machine competes for the 2 cores and skews every number.
@@ -460,34 +643,61 @@ def main(argv: list[str] | None = None) -> int:
         cluster.start()
         say(f"loading ~{args.size_mb} MB of data")
         data = prepare_data(cluster, args.size_mb)
-        runs: dict[str, list[Sample]] = {s: [] for s in STEPS}
+        if any(s in S3_STEPS for s in steps):
+            s3 = S3Server(os.path.join(tmp, "moto"), args.s3_connections)
+            say(f"moto's S3 server on {s3.server.url} (pid {s3.pid}: {s3.cmdline})")
+        runs: dict[str, list[Sample]] = {s: [] for s in steps}
+        verify: dict[str, dict] = {}
+        restic_s3_version = None
         runner_repo = ""
         restic_repo = ""
-        # Round-robin, so drift (page cache, thermal, other load) spreads over all three steps.
+        # Round-robin, so drift (page cache, thermal, other load) spreads over all the steps.
         for i in range(1, args.runs + 1):
             run_dir = os.path.join(tmp, f"run-{i}")
             os.makedirs(run_dir)
-            for step in STEPS:
+            last = i == args.runs
+            for step in steps:
                 if step == STEP_DUMP:
                     sample = measure_dump(cluster, run_dir)
                 elif step == STEP_RESTIC:
-                    sample = measure_restic(cluster, run_dir)
-                    restic_repo = os.path.join(run_dir, "restic-repo")
-                else:
+                    sample, restic_repo = measure_restic(cluster, run_dir)
+                elif step == STEP_RUNNER:
                     sample, runner_repo = measure_runner(cluster, run_dir)
+                else:
+                    assert s3 is not None
+                    measure = measure_restic if step == STEP_RESTIC_S3 else measure_runner
+                    bucket = s3.fresh_bucket("restic" if step == STEP_RESTIC_S3 else "runner", i)
+                    sample, repo = measure(cluster, run_dir, s3, bucket)
+                    if last:  # checked now: the bucket is emptied right after
+                        if step == STEP_RESTIC_S3:
+                            restic_s3_version = repo_version(repo, s3.env)
+                        else:
+                            say("verifying the last stash-runner S3 repository with restic check")
+                            verify["S3"] = verify_runner_repo(repo, data["dump_bytes"], s3.env)
+                            verify["S3"]["restic_repo_version"] = restic_s3_version
+                            verify["S3"]["runner_repo_version"] = repo_version(repo, s3.env)
+                    s3.drop(bucket)
                 runs[step].append(sample)
                 rss = f", peak RSS {sample.peak_rss_kib / 1024:.0f} MiB" if sample.peak_rss_kib else ""
-                say(f"run {i}/{args.runs} {step}: {sample.wall:.2f} s wall, {sample.cpu:.1f} s CPU{rss}")
-        say("verifying the last stash-runner repository with restic check")
-        verify = verify_runner_repo(runner_repo, data["dump_bytes"])
-        verify["restic_repo_version"] = repo_version(restic_repo)
-        verify["runner_repo_version"] = repo_version(runner_repo)
+                moto = "" if sample.s3_server_cpu is None else \
+                    f"; moto {sample.s3_server_cpu:.1f} s CPU, peak RSS {sample.s3_server_peak_rss_kib / 1024:.0f} MiB"
+                say(f"run {i}/{args.runs} {step}: {sample.wall:.2f} s wall, {sample.cpu:.1f} s CPU{rss}{moto}")
+        if runner_repo:
+            say("verifying the last stash-runner repository with restic check")
+            local = verify_runner_repo(runner_repo, data["dump_bytes"])
+            local["restic_repo_version"] = repo_version(restic_repo)
+            local["runner_repo_version"] = repo_version(runner_repo)
+            verify = {"local": local, **verify}
         med = summarize(runs, data["dump_bytes"])
         checks = ratios(med)
         meta = {"started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"), "args": vars(args),
                 "machine": machine_info(cluster), "data": data,
                 "loadavg_before": load_before}
-        table = markdown(meta, med, checks, verify)
+        if s3:
+            meta["s3"] = {"moto_version": importlib.metadata.version("moto"), "url": s3.server.url, "pid": s3.pid,
+                          "cmdline": s3.cmdline, "connections": args.s3_connections,
+                          "peak_resettable": s3.peak_resettable, "memory_at_end_kib": s3.memory()}
+        table = markdown({**meta, "_runs": runs}, med, checks, verify)
         total = time.perf_counter() - started
         table += f"\nTotal benchmark time: {total:.0f} s.\n"
         print(table, end="")
@@ -498,8 +708,10 @@ def main(argv: list[str] | None = None) -> int:
             json.dump({**meta, "total_seconds": total, "medians": med, "ratios": checks, "verify": verify,
                        "runs": {s: [asdict(x) for x in samples] for s, samples in runs.items()}}, f, indent=2)
         say(f"wrote {os.path.relpath(OUT_DIR, REPO_ROOT)}/bench_backup.md and .json")
-        return 0 if verify["restic_check"] == "OK" else 1
+        return 0 if all(v["restic_check"] == "OK" for v in verify.values()) else 1
     finally:
+        if s3:
+            s3.stop()
         if args.keep:
             cluster.stop()
             say(f"kept {tmp}")

@@ -194,9 +194,9 @@ def cli(verbose: bool, quiet: bool) -> None:
     # -v is for our own messages only: the storage SDKs' debug logs print request URLs, and a SAS token
     # or a signed URL in them is a credential.
     logging.getLogger("stash_runner").setLevel(logging.DEBUG if verbose else logging.NOTSET)
-    # The SDKs log every request at INFO; they speak up at WARNING and above.
+    # The SDKs log every request at INFO, and warn of what we retry or report ourselves in one line.
     for sdk in ("azure", "google", "botocore", "boto3", "urllib3"):
-        logging.getLogger(sdk).setLevel(logging.WARNING)
+        logging.getLogger(sdk).setLevel(logging.ERROR)
 
 
 @cli.command()

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import logging
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import click
 
@@ -15,7 +17,9 @@ from backends.retry import RetryPolicy
 
 from . import __version__, compression
 from .backup import BackupPlan, run_backup
-from .errors import BadInput, Interrupted, RunnerError
+from .check import parse_subset, run_check, summarize
+from .errors import BadInput, IntegrityError, Interrupted, RunnerError
+from .lock import unlock as remove_locks
 from .output import HostResult, SnapshotStats, write_output
 from .reader import find_file, iter_content
 from .repository import Repository
@@ -28,6 +32,7 @@ from .resolve import (
     storage_from_repository,
 )
 from .restore import RestorePlan, run_restore
+from .stats import run_stats
 from .units import rate, stash_bytes
 
 log = logging.getLogger("stash_runner")
@@ -128,6 +133,16 @@ def _no_cluster(session_flag: str, value: str, kubeconfig: str) -> None:
     if value or kubeconfig:
         raise BadInput(f"{session_flag}/--kubeconfig: reading sessions from the Kubernetes API is not "
                        "supported by this version; give --objects")
+
+
+@contextlib.contextmanager
+def _opened(objects, namespace: str, repository: str, retries: int, timeout: float) -> Iterator[Repository]:
+    """The named Repository, opened; its storage closed afterwards."""
+    storage = storage_from_repository(object_source(objects), namespace, repository, _policy(retries, timeout))
+    try:
+        yield Repository.open(storage.backend, storage.password)
+    finally:
+        storage.close()
 
 
 # -- the host result wrapper -----------------------------------------------------------------
@@ -306,13 +321,8 @@ def restore_pg(**kw) -> None:
 @_storage_options
 def snapshots(objects, namespace, repository, host, as_json, backend_retries, backend_timeout) -> None:
     """List the snapshots of a repository."""
-    storage = storage_from_repository(object_source(objects), namespace, repository,
-                                      _policy(backend_retries, backend_timeout))
-    try:
-        repo = Repository.open(storage.backend, storage.password)
+    with _opened(objects, namespace, repository, backend_retries, backend_timeout) as repo:
         snaps = [s for s in repo.list_snapshots() if not host or s.hostname == host]
-    finally:
-        storage.close()
     if as_json:
         click.echo(json.dumps([s.summary_json() for s in snaps]))
         return
@@ -332,10 +342,7 @@ def snapshots(objects, namespace, repository, host, as_json, backend_retries, ba
 @_storage_options
 def dump(objects, namespace, repository, host, snapshot, path, backend_retries, backend_timeout) -> None:
     """Write a file of a snapshot to stdout (the snapshot's only file when PATH is not given)."""
-    storage = storage_from_repository(object_source(objects), namespace, repository,
-                                      _policy(backend_retries, backend_timeout))
-    try:
-        repo = Repository.open(storage.backend, storage.password)
+    with _opened(objects, namespace, repository, backend_retries, backend_timeout) as repo:
         repo.load_index()
         snap = repo.find_snapshot(snapshot, hostname=host or None)
         _, node = find_file(repo, snap, path)
@@ -343,8 +350,72 @@ def dump(objects, namespace, repository, host, snapshot, path, backend_retries, 
         for chunk in iter_content(repo, node):
             out.write(chunk)
         out.flush()
-    finally:
-        storage.close()
+
+
+@cli.command()
+@_objects_options
+@click.option("--repository", required=True, help="Repository to check.")
+@click.option("--read-data", is_flag=True, help="Also read every pack and verify every blob's MAC and hash.")
+@click.option("--read-data-subset", default="", metavar="n/t|x%|SIZE",
+              help="Read only a subset of the packs: bucket n of t, x% of them, or about SIZE bytes.")
+@click.option("--no-lock", is_flag=True, help="Do not lock the repository.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@_storage_options
+def check(objects, namespace, repository, read_data, read_data_subset, no_lock, as_json, backend_retries,
+          backend_timeout) -> None:
+    """Verify the repository's structure (and with --read-data its contents); exit 4 if damaged."""
+    if read_data_subset:
+        parse_subset(read_data_subset)  # a bad value fails before anything is opened
+    with _opened(objects, namespace, repository, backend_retries, backend_timeout) as repo:
+        result = run_check(repo, read_data=read_data, subset=read_data_subset or None, lock=not no_lock)
+        location = repo.backend.location
+    if as_json:
+        click.echo(json.dumps({**dataclasses.asdict(result), "ok": result.ok}))
+    else:
+        for hint in result.hints:
+            click.echo(f"hint: {hint}")
+        for error in result.errors:
+            click.echo(f"error: {error}", err=True)
+        for line in summarize(result):
+            click.echo(line)
+    if not result.ok:
+        raise IntegrityError(f"{location}: check found {len(result.errors)} error(s)")
+
+
+@cli.command()
+@_objects_options
+@click.option("--repository", required=True, help="Repository to unlock.")
+@click.option("--remove-all", is_flag=True, help="Remove every lock, also live ones.")
+@_storage_options
+def unlock(objects, namespace, repository, remove_all, backend_retries, backend_timeout) -> None:
+    """Remove stale locks: not refreshed for 30 minutes, or held by a process gone from this host."""
+    with _opened(objects, namespace, repository, backend_retries, backend_timeout) as repo:
+        removed, kept = remove_locks(repo, remove_all=remove_all)
+    for lock in removed:
+        click.echo(f"removed {lock.describe()}")
+    for lock in kept:
+        click.echo(f"kept live {lock.describe()}")
+    click.echo(f"{len(removed)} lock(s) removed, {len(kept)} live lock(s) kept")
+
+
+@cli.command()
+@_objects_options
+@click.option("--repository", required=True, help="Repository to measure.")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+@_storage_options
+def stats(objects, namespace, repository, as_json, backend_retries, backend_timeout) -> None:
+    """Sizes and counts of a repository (what Stash puts in Repository status)."""
+    with _opened(objects, namespace, repository, backend_retries, backend_timeout) as repo:
+        st = run_stats(repo)
+    if as_json:
+        click.echo(json.dumps(st.json()))
+        return
+    click.echo(f"snapshots:            {st.snapshots}")
+    click.echo(f"restore size:         {stash_bytes(st.restore_size)}  (all files of all snapshots)")
+    click.echo(f"raw data:             {stash_bytes(st.raw_data)}  (stored blobs the snapshots use)")
+    click.echo(f"repository size:      {stash_bytes(st.repository_size)}  (all files in storage)")
+    click.echo(f"blobs:                {st.blobs} in the index, {st.referenced_blobs} referenced")
+    click.echo(f"packs:                {st.packs} ({st.index_files} index files)")
 
 
 # -- entry point -----------------------------------------------------------------------------

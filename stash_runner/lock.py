@@ -162,3 +162,18 @@ class RepositoryLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def unlock(repo: Repository, remove_all: bool = False) -> tuple[list[LockInfo], list[LockInfo]]:
+    """Remove stale locks (no refresh for 30 minutes, or a dead process on this host), or every lock.
+
+    Returns (removed, kept): a live lock is kept and named, so the user sees who holds it.
+    """
+    removed, kept = [], []
+    for lock in list_locks(repo):
+        if remove_all or lock.is_stale():
+            repo.remove(Handle(FileType.LOCK, lock.name))
+            removed.append(lock)
+        else:
+            kept.append(lock)
+    return removed, kept

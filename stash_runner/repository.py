@@ -140,6 +140,9 @@ class Repository:
     def list_files(self, ftype: FileType) -> list[tuple[str, int]]:
         return _call(self.backend, lambda: list(self.backend.list(ftype)))
 
+    def file_size(self, h: Handle) -> int:
+        return _call(self.backend, lambda: self.backend.stat(h))
+
     def remove(self, h: Handle) -> None:
         _call(self.backend, lambda: self.backend.remove(h))
 

@@ -6,22 +6,25 @@ Run from the repository root: ``python3 bench/bench_backup.py [--size-mb N] [--r
 Prints a Markdown table and the target ratios; writes both (and every raw number as JSON) to bench/out/.
 
 Rows: the dump alone; ``pg_dumpall | restic backup --stdin`` and ``stash-runner backup`` into a local
-repository; and the same two into an S3 repository on moto's S3 server (tests/servers.py start_moto),
-one server for the whole benchmark on a loopback port. Every run uses a fresh directory, or a fresh
-bucket, for every repository, so nothing deduplicates across runs. ``--no-s3`` skips the S3 rows,
-``--only-s3`` runs only them (quick checks). ``--s3-connections N`` sets the S3 Repository's
-maxConnections and restic's ``-o s3.connections`` alike (default: both tools' default, 5).
+repository; and the same two into an S3 repository on moto's S3 server (tests/servers.py start_moto)
+on a loopback port. Every run uses a fresh directory, or a fresh bucket, for every repository, so
+nothing deduplicates across runs. ``--no-s3`` skips the S3 rows, ``--only-s3`` runs only them (quick
+checks). ``--s3-connections N`` sets the S3 Repository's maxConnections and restic's
+``-o s3.connections`` alike (default: both tools' default, 5).
 
 About the S3 rows: moto is a Python (werkzeug) server that keeps objects under 5 MB in memory and
 spools larger ones to temporary files; it runs on the same 2 cores as everything else, so it is not
-a model of real S3 throughput but a local stand-in that both uploaders share equally. Its CPU during
-a step is reported apart (column "S3 server"), not as "other". Its peak RSS per step is measured by
-resetting the kernel's high-water mark (``echo 5 > /proc/PID/clear_refs``) before the step and reading
-VmHWM from /proc/PID/status after it. Each step's bucket is emptied and deleted right after it is
-measured (the stored size is the sum of the object sizes under the prefix, from list_objects_v2), so
-moto's memory does not grow over the runs. ``restic init`` for the S3 row is, as for the local one,
-outside the timed window; stash-runner creates its bucket and repository inside its run, as it does
-with the local directory.
+a model of real S3 throughput but a local stand-in that both uploaders share equally. Every S3 step
+gets a moto process of its own, started before it and stopped after it: deleting a bucket's objects
+does give moto's objects back, but not its RSS (freed Python arenas stay mapped: one long-lived moto
+grew to 630 MiB over two runs at 1 GB), so with one server each step would start on a bigger moto
+than the one before. The step's bucket is emptied and deleted after it is measured all the same (the
+stored size is the sum of the object sizes under the prefix, from list_objects_v2). moto's CPU
+during a step is reported apart (column "S3 server"), not as "other"; its peak RSS is VmHWM from
+/proc/PID/status after the step, the high-water mark having been reset (``echo 5 >
+/proc/PID/clear_refs``) when the step starts, so ``restic init`` and moto's start-up do not count.
+``restic init`` for the S3 row is, as for the local one, outside the timed window; stash-runner
+creates its bucket and repository inside its run, as it does with the local directory.
 
 How CPU and memory are measured (Linux): every measured process is a direct child of this script,
 started with Popen and reaped with ``os.wait4``. On Linux the rusage that wait4 returns is the
@@ -542,7 +545,8 @@ def markdown(meta: dict, med: dict[str, dict], checks: list[dict], verify: dict)
     if s3:
         info = meta["s3"]
         peak_how = "VmHWM reset before each step" if info["peak_resettable"] else "VmHWM over moto's lifetime"
-        lines += ["", f"S3 server: moto {info['moto_version']} on {info['url']} (one process; {peak_how}); "
+        lines += ["", f"S3 server: moto {info['moto_version']} on loopback, a fresh process per S3 step "
+                  f"({peak_how}); "
                   f"maxConnections / s3.connections: {info['connections'] or 'default (5)'}.", "",
                   "| step | moto CPU s | moto peak RSS MiB (median / max) | moto RSS at step start MiB |",
                   "|---|---:|---:|---:|"]
@@ -643,9 +647,6 @@ def main(argv: list[str] | None = None) -> int:
         cluster.start()
         say(f"loading ~{args.size_mb} MB of data")
         data = prepare_data(cluster, args.size_mb)
-        if any(s in S3_STEPS for s in steps):
-            s3 = S3Server(os.path.join(tmp, "moto"), args.s3_connections)
-            say(f"moto's S3 server on {s3.server.url} (pid {s3.pid}: {s3.cmdline})")
         runs: dict[str, list[Sample]] = {s: [] for s in steps}
         verify: dict[str, dict] = {}
         restic_s3_version = None
@@ -664,9 +665,11 @@ def main(argv: list[str] | None = None) -> int:
                 elif step == STEP_RUNNER:
                     sample, runner_repo = measure_runner(cluster, run_dir)
                 else:
-                    assert s3 is not None
+                    kind = "restic" if step == STEP_RESTIC_S3 else "runner"
+                    s3 = S3Server(os.path.join(tmp, f"moto-{i}-{kind}"), args.s3_connections)
+                    say(f"moto's S3 server on {s3.server.url} (pid {s3.pid}: {s3.cmdline})")
                     measure = measure_restic if step == STEP_RESTIC_S3 else measure_runner
-                    bucket = s3.fresh_bucket("restic" if step == STEP_RESTIC_S3 else "runner", i)
+                    bucket = s3.fresh_bucket(kind, i)
                     sample, repo = measure(cluster, run_dir, s3, bucket)
                     if last:  # checked now: the bucket is emptied right after
                         if step == STEP_RESTIC_S3:
@@ -677,6 +680,7 @@ def main(argv: list[str] | None = None) -> int:
                             verify["S3"]["restic_repo_version"] = restic_s3_version
                             verify["S3"]["runner_repo_version"] = repo_version(repo, s3.env)
                     s3.drop(bucket)
+                    s3.stop()
                 runs[step].append(sample)
                 rss = f", peak RSS {sample.peak_rss_kib / 1024:.0f} MiB" if sample.peak_rss_kib else ""
                 moto = "" if sample.s3_server_cpu is None else \
@@ -694,9 +698,9 @@ def main(argv: list[str] | None = None) -> int:
                 "machine": machine_info(cluster), "data": data,
                 "loadavg_before": load_before}
         if s3:
-            meta["s3"] = {"moto_version": importlib.metadata.version("moto"), "url": s3.server.url, "pid": s3.pid,
-                          "cmdline": s3.cmdline, "connections": args.s3_connections,
-                          "peak_resettable": s3.peak_resettable, "memory_at_end_kib": s3.memory()}
+            meta["s3"] = {"moto_version": importlib.metadata.version("moto"), "cmdline": s3.cmdline,
+                          "connections": args.s3_connections, "peak_resettable": s3.peak_resettable,
+                          "process": "a fresh moto per S3 step, on a free loopback port"}
         table = markdown({**meta, "_runs": runs}, med, checks, verify)
         total = time.perf_counter() - started
         table += f"\nTotal benchmark time: {total:.0f} s.\n"

@@ -10,10 +10,12 @@ from drivers.base import Driver
 
 from . import __version__, compression
 from .archiver import Archiver, BackupResult
-from .errors import RepositoryNotFound
+from .errors import RepositoryNotFound, RunnerError
 from .lock import RepositoryLock
+from .maintenance import PostBackup, post_backup
 from .progress import Progress
 from .repository import Repository, current_username
+from .retention import Policy
 from .units import stash_bytes
 
 log = logging.getLogger("stash_runner")
@@ -30,6 +32,19 @@ class BackupPlan:
     workers: int | None = None
     compression_level: int = compression.DEFAULT_LEVEL
     progress_interval: float = 5.0
+    #: seconds to wait for a live exclusive lock (a prune) before failing
+    lock_wait: float = 0.0
+    #: post-backup actions: retention (forget, prune) then the repository's figures
+    retention: Policy = field(default_factory=Policy)
+    retention_prune: bool = False
+    retention_dry_run: bool = False
+    post_actions: bool = False
+
+
+@dataclass
+class BackupOutcome:
+    result: BackupResult
+    post: PostBackup | None = None
 
 
 def open_or_none(backend: Backend, password: str) -> Repository | None:
@@ -39,7 +54,7 @@ def open_or_none(backend: Backend, password: str) -> Repository | None:
         return None
 
 
-def run_backup(plan: BackupPlan) -> BackupResult:
+def run_backup(plan: BackupPlan) -> BackupOutcome:
     # Check the repository password before touching the database, and initialise a new
     # repository only once the database is known to be there: bad input never writes anything.
     repo = open_or_none(plan.backend, plan.password)
@@ -48,7 +63,8 @@ def run_backup(plan: BackupPlan) -> BackupResult:
         repo = Repository.init(plan.backend, plan.password)
         log.info("initialised a new repository at %s", plan.backend.location)
     repo.load_index()
-    with RepositoryLock(repo), Archiver(repo, workers=plan.workers, level=plan.compression_level) as arch:
+    with RepositoryLock(repo, wait=plan.lock_wait), \
+            Archiver(repo, workers=plan.workers, level=plan.compression_level) as arch:
         progress = Progress(
             "backup", lambda: arch.stats.bytes_read,
             extra=lambda: f"{stash_bytes(arch.stats.bytes_stored)} stored", interval=plan.progress_interval,
@@ -56,11 +72,21 @@ def run_backup(plan: BackupPlan) -> BackupResult:
         with plan.driver.dump() as dump, progress:
             arch.add_stream(plan.driver.filename, dump.stream)
             dump.finish()  # a failed or truncated dump raises here, before anything refers to its data
-        return arch.commit(
+        result = arch.commit(
             hostname=plan.hostname,
             paths=["/" + plan.driver.filename],
             tags=plan.tags,
             username=current_username(),
             program_version=f"stash-runner {__version__}",
         )
+    if not plan.post_actions and plan.retention.empty():
+        return BackupOutcome(result)
+    try:
+        post = post_backup(repo, plan.retention, prune=plan.retention_prune, dry_run=plan.retention_dry_run,
+                           lock_wait=plan.lock_wait)
+    except RunnerError as e:
+        # The snapshot is saved and stays; the run still fails, so that the failed action is seen.
+        raise type(e)(f"snapshot {result.snapshot.short_id} was saved, but the post-backup actions failed: {e}") \
+            from None
+    return BackupOutcome(result, post)
 

@@ -20,7 +20,9 @@ from .backup import BackupPlan, run_backup
 from .check import parse_subset, run_check, summarize
 from .errors import BadInput, IntegrityError, Interrupted, RunnerError
 from .lock import unlock as remove_locks
+from .maintenance import apply_retention
 from .output import HostResult, SnapshotStats, write_output
+from .prune import run_prune
 from .reader import find_file, iter_content
 from .repository import Repository
 from .resolve import (
@@ -32,6 +34,7 @@ from .resolve import (
     storage_from_repository,
 )
 from .restore import RestorePlan, run_restore
+from .retention import Policy
 from .stats import run_stats
 from .units import rate, stash_bytes
 
@@ -63,6 +66,35 @@ def _storage_options(f: Callable) -> Callable:
     return click.option("--backend-retries", default=RetryPolicy.attempts, show_default=True, type=click.IntRange(1),
                         envvar="STASH_RUNNER_BACKEND_RETRIES",
                         help="Attempts per storage request (throttling, 5xx, dropped connections).")(f)
+
+
+def _lock_options(f: Callable) -> Callable:
+    return click.option("--lock-wait", default=300.0, show_default=True, type=float,
+                        help="Seconds to wait while another run holds an exclusive lock (a prune).")(f)
+
+
+def _retention_options(f: Callable) -> Callable:
+    """Stash's retention flags: forget (and prune) after a successful backup."""
+    opts = [click.option(f"--retention-keep-{k}", default=0, type=click.IntRange(min=0),
+                         help=f"Keep the last n {k} snapshots." if k != "last" else "Keep the last n snapshots.")
+            for k in ("last", "hourly", "daily", "weekly", "monthly", "yearly")]
+    opts += [
+        click.option("--retention-keep-tags", default="", help="Keep snapshots with any of these tags (a,b)."),
+        click.option("--retention-prune", default="false", help="Prune after forgetting (true/false)."),
+        click.option("--retention-dry-run", default="false", help="Only report what retention would remove."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def _retention(kw: dict) -> tuple[Policy, bool, bool]:
+    # Stash passes each tag as its own --keep-tag: "a,b" keeps snapshots tagged a or b.
+    tags = tuple(t.strip() for t in kw["retention_keep_tags"].split(",") if t.strip())
+    policy = Policy(last=kw["retention_keep_last"], hourly=kw["retention_keep_hourly"],
+                    daily=kw["retention_keep_daily"], weekly=kw["retention_keep_weekly"],
+                    monthly=kw["retention_keep_monthly"], yearly=kw["retention_keep_yearly"], tags=tags)
+    return policy, _truthy(kw["retention_prune"]), _truthy(kw["retention_dry_run"])
 
 
 def _policy(retries: int, timeout: float) -> RetryPolicy:
@@ -147,48 +179,61 @@ def _opened(objects, namespace: str, repository: str, retries: int, timeout: flo
 
 # -- the host result wrapper -----------------------------------------------------------------
 
-def _run_host(output_dir: str, target: str, hostname: str, fn: Callable[[], SnapshotStats | None]) -> None:
-    """Run one host's work; write output.json (also on failure) when asked to."""
+def _run_host(output_dir: str, target: str, hostname: str,
+              fn: Callable[[], tuple[SnapshotStats, dict | None] | None]) -> None:
+    """Run one host's work; write output.json (also on failure) when asked to.
+
+    ``fn`` returns nothing (restore) or a backup's snapshot figures and, when post-backup actions
+    ran, the repository's figures.
+    """
     started = time.monotonic()
     try:
-        snap = fn()
+        outcome = fn()
     except (RunnerError, Interrupted, KeyboardInterrupt) as e:
         if output_dir:
             msg = str(e) or type(e).__name__
             write_output(output_dir, target, HostResult(hostname, "Failed", time.monotonic() - started, msg))
         raise
+    snap, repository = outcome if outcome else (None, None)
     if output_dir:
         write_output(output_dir, target, HostResult(hostname, "Succeeded", time.monotonic() - started,
-                                                    snapshots=[snap] if snap else []))
+                                                    snapshots=[snap] if snap else []), repository=repository)
 
 
 def _backup(driver, storage: Storage, hostname: str, tags: list[str], wait_timeout: float,
-            level: int, workers: int | None) -> SnapshotStats:
+            level: int, workers: int | None, kw: dict) -> tuple[SnapshotStats, dict | None]:
+    """Returns the snapshot's figures and, when post-backup actions ran, Stash's repository figures."""
+    policy, prune, dry_run = _retention(kw)
     try:
         plan = BackupPlan(driver=driver, backend=storage.backend, password=storage.password, hostname=hostname,
-                          tags=tags, wait_timeout=wait_timeout, compression_level=level, workers=workers)
-        result = run_backup(plan)
+                          tags=tags, wait_timeout=wait_timeout, compression_level=level, workers=workers,
+                          lock_wait=kw["lock_wait"], retention=policy, retention_prune=prune,
+                          retention_dry_run=dry_run)
+        outcome = run_backup(plan)
     finally:
         driver.close()
         storage.close()
+    result = outcome.result
     st = result.stats
     log.info(
         "snapshot %s saved for %s: %s read, %s stored, %.1f s (%s)",
         result.snapshot.short_id, hostname, stash_bytes(st.bytes_read), stash_bytes(st.bytes_stored),
         st.elapsed, rate(st.bytes_read, st.elapsed),
     )
-    return SnapshotStats(
+    snap = SnapshotStats(
         name=result.snapshot.id, path=result.snapshot.paths[0], total_size=st.bytes_read,
         uploaded=st.bytes_stored, processing_seconds=st.elapsed,
         new_files=1 if st.blobs_known == 0 else 0, modified_files=0 if st.blobs_known == 0 else 1,
     )
+    return snap, outcome.post.repository_json() if outcome.post else None
 
 
-def _restore(driver, storage: Storage, snapshot: str, source_hostname: str, wait_timeout: float) -> None:
+def _restore(driver, storage: Storage, snapshot: str, source_hostname: str, wait_timeout: float,
+             lock_wait: float) -> None:
     try:
         result = run_restore(RestorePlan(driver=driver, backend=storage.backend, password=storage.password,
                                          snapshot=snapshot, source_hostname=source_hostname,
-                                         wait_timeout=wait_timeout))
+                                         wait_timeout=wait_timeout, lock_wait=lock_wait))
     finally:
         driver.close()
         storage.close()
@@ -226,47 +271,43 @@ def cli(verbose: bool, quiet: bool) -> None:
 @click.option("--compression-level", default=compression.DEFAULT_LEVEL, show_default=True, type=int)
 @click.option("--workers", default=None, type=int, help="Threads for hashing/compressing/encrypting.")
 @_pg_options
+@_retention_options
+@_lock_options
 @_storage_options
-def backup(objects, namespace, appbinding, repository, hostname, tags, output_dir, driver, backup_cmd,
-           compression_level, workers, pg_args, user, wait_timeout, scratch_dir, backend_retries,
-           backend_timeout) -> None:
-    """Dump a database into a snapshot of a repository (created if it does not exist)."""
-    def work() -> SnapshotStats:
-        source = object_source(objects)
-        storage = storage_from_repository(source, namespace, repository, _policy(backend_retries, backend_timeout))
-        drv = driver_for(source, namespace, appbinding, DriverOptions(
-            backup_cmd=backup_cmd, pg_args=pg_args, user=user, scratch_dir=scratch_dir, driver=driver))
-        return _backup(drv, storage, hostname, list(tags), wait_timeout, compression_level, workers)
+def backup(**kw) -> None:
+    """Dump a database into a snapshot of a repository (created if it does not exist).
 
-    _run_host(output_dir, appbinding, hostname, work)
+    With --retention-keep-* the policy is applied afterwards (forget, and prune with --retention-prune),
+    and the repository's size and snapshot count go into output.json.
+    """
+    def work() -> tuple[SnapshotStats, dict | None]:
+        source = object_source(kw["objects"])
+        storage = storage_from_repository(source, kw["namespace"], kw["repository"],
+                                          _policy(kw["backend_retries"], kw["backend_timeout"]))
+        drv = driver_for(source, kw["namespace"], kw["appbinding"], DriverOptions(
+            backup_cmd=kw["backup_cmd"], pg_args=kw["pg_args"], user=kw["user"], scratch_dir=kw["scratch_dir"],
+            driver=kw["driver"]))
+        return _backup(drv, storage, kw["hostname"], list(kw["tags"]), kw["wait_timeout"], kw["compression_level"],
+                       kw["workers"], kw)
+
+    _run_host(kw["output_dir"], kw["appbinding"], kw["hostname"], work)
 
 
 @cli.command("backup-pg")
 @_stash_flags
 @click.option("--backupsession", default="")
 @click.option("--backup-cmd", default="pg_dumpall", show_default=True)
-@click.option("--retention-keep-last", default=0, type=int)
-@click.option("--retention-keep-hourly", default=0, type=int)
-@click.option("--retention-keep-daily", default=0, type=int)
-@click.option("--retention-keep-weekly", default=0, type=int)
-@click.option("--retention-keep-monthly", default=0, type=int)
-@click.option("--retention-keep-yearly", default=0, type=int)
-@click.option("--retention-keep-tags", default="")
-@click.option("--retention-prune", default="false")
-@click.option("--retention-dry-run", default="false")
+@_retention_options
+@_lock_options
 @_pg_options
 def backup_pg(**kw) -> None:
     """Stash's postgres addon spelling of `backup` (same flags as its image)."""
     _no_cluster("--backupsession", kw["backupsession"], kw["kubeconfig"])
-    keep = [k for k in kw if k.startswith("retention_keep_") and kw[k] not in (0, "")]
-    if keep or _truthy(kw["retention_prune"]):
-        raise BadInput(f"--{keep[0].replace('_', '-') if keep else 'retention-prune'}: retention is not "
-                       "supported by this version")
 
-    def work() -> SnapshotStats:
+    def work() -> tuple[SnapshotStats, dict | None]:
         storage, drv = _flags_storage_and_driver(kw, backup_cmd=kw["backup_cmd"])
         return _backup(drv, storage, kw["hostname"] or "host-0", [], kw["wait_timeout"],
-                       compression.DEFAULT_LEVEL, None)
+                       compression.DEFAULT_LEVEL, None, kw)
 
     _run_host(kw["output_dir"], kw["appbinding"], kw["hostname"] or "host-0", work)
 
@@ -281,16 +322,17 @@ def backup_pg(**kw) -> None:
 @click.option("--output-dir", default="", help="Write Stash's output.json here.")
 @click.option("--driver", default="", help="Database driver (default: from the AppBinding's spec.type).")
 @_pg_options
+@_lock_options
 @_storage_options
 def restore(objects, namespace, appbinding, repository, snapshot, hostname, source_hostname, output_dir, driver,
-            pg_args, user, wait_timeout, scratch_dir, backend_retries, backend_timeout) -> None:
+            pg_args, user, wait_timeout, scratch_dir, lock_wait, backend_retries, backend_timeout) -> None:
     """Restore a snapshot into the database of an AppBinding."""
     def work() -> None:
         source = object_source(objects)
         storage = storage_from_repository(source, namespace, repository, _policy(backend_retries, backend_timeout))
         drv = driver_for(source, namespace, appbinding, DriverOptions(
             pg_args=pg_args, user=user, scratch_dir=scratch_dir, driver=driver))
-        _restore(drv, storage, snapshot, source_hostname or hostname, wait_timeout)
+        _restore(drv, storage, snapshot, source_hostname or hostname, wait_timeout, lock_wait)
 
     _run_host(output_dir, appbinding, hostname, work)
 
@@ -300,6 +342,7 @@ def restore(objects, namespace, appbinding, repository, snapshot, hostname, sour
 @click.option("--restoresession", default="")
 @click.option("--snapshot", default="latest", show_default=True)
 @click.option("--source-hostname", default="")
+@_lock_options
 @_pg_options
 def restore_pg(**kw) -> None:
     """Stash's postgres addon spelling of `restore` (same flags as its image)."""
@@ -308,7 +351,8 @@ def restore_pg(**kw) -> None:
 
     def work() -> None:
         storage, drv = _flags_storage_and_driver(kw)
-        _restore(drv, storage, kw["snapshot"] or "latest", kw["source_hostname"] or hostname, kw["wait_timeout"])
+        _restore(drv, storage, kw["snapshot"] or "latest", kw["source_hostname"] or hostname, kw["wait_timeout"],
+                 kw["lock_wait"])
 
     _run_host(kw["output_dir"], kw["appbinding"], hostname, work)
 
@@ -350,6 +394,72 @@ def dump(objects, namespace, repository, host, snapshot, path, backend_retries, 
         for chunk in iter_content(repo, node):
             out.write(chunk)
         out.flush()
+
+
+def _prune_options(f: Callable) -> Callable:
+    f = click.option("--max-unused", default="5%", show_default=True,
+                     help="Unused space to tolerate: a share (5%), a size (100M), 0 or unlimited.")(f)
+    return click.option("--max-repack-size", default=None, help="Repack at most this much (e.g. 2G).")(f)
+
+
+@cli.command()
+@_objects_options
+@click.option("--repository", required=True, help="Repository to apply the policy to.")
+@click.option("--keep-last", "-l", default=0, type=click.IntRange(min=0), help="Keep the last n snapshots.")
+@click.option("--keep-hourly", "-H", default=0, type=click.IntRange(min=0), help="Keep the last n hourly snapshots.")
+@click.option("--keep-daily", "-d", default=0, type=click.IntRange(min=0), help="Keep the last n daily snapshots.")
+@click.option("--keep-weekly", "-w", default=0, type=click.IntRange(min=0), help="Keep the last n weekly snapshots.")
+@click.option("--keep-monthly", "-m", default=0, type=click.IntRange(min=0), help="Keep the last n monthly snapshots.")
+@click.option("--keep-yearly", "-y", default=0, type=click.IntRange(min=0), help="Keep the last n yearly snapshots.")
+@click.option("--keep-within", default="", help="Keep snapshots within DURATION (1y5m7d2h) of the newest.")
+@click.option("--keep-within-hourly", default="")
+@click.option("--keep-within-daily", default="")
+@click.option("--keep-within-weekly", default="")
+@click.option("--keep-within-monthly", default="")
+@click.option("--keep-within-yearly", default="")
+@click.option("--keep-tag", "keep_tags", multiple=True, help="Keep snapshots with all of these tags (a,b); repeatable.")
+@click.option("--host", "hosts", multiple=True, help="Only snapshots of this host (repeatable).")
+@click.option("--tag", "tag_filter", multiple=True, help="Only snapshots with these tags (a,b; repeatable).")
+@click.option("--path", "path_filter", multiple=True, help="Only snapshots including this path (repeatable).")
+@click.option("--group-by", "-g", default="host,paths", show_default=True)
+@click.option("--dry-run", is_flag=True, help="Remove nothing; print what would be removed.")
+@click.option("--prune", is_flag=True, help="Prune afterwards when snapshots were removed.")
+@click.option("--json", "as_json", is_flag=True, help="Print restic's `forget --json` output.")
+@_prune_options
+@_storage_options
+def forget(objects, namespace, repository, keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly,
+           keep_yearly, keep_within, keep_within_hourly, keep_within_daily, keep_within_weekly,
+           keep_within_monthly, keep_within_yearly, keep_tags, hosts, tag_filter, path_filter, group_by,
+           dry_run, prune, as_json, max_unused, max_repack_size, backend_retries, backend_timeout) -> None:
+    """Remove snapshots by a retention policy, exactly as `restic forget` (then prune with --prune)."""
+    policy = Policy(last=keep_last, hourly=keep_hourly, daily=keep_daily, weekly=keep_weekly,
+                    monthly=keep_monthly, yearly=keep_yearly, tags=tuple(keep_tags), within=keep_within,
+                    within_hourly=keep_within_hourly, within_daily=keep_within_daily,
+                    within_weekly=keep_within_weekly, within_monthly=keep_within_monthly,
+                    within_yearly=keep_within_yearly)
+    with _opened(objects, namespace, repository, backend_retries, backend_timeout) as repo:
+        outcome = apply_retention(repo, policy, prune=prune, dry_run=dry_run, group_by=group_by,
+                                  hosts=list(hosts) or None, tag_filter=tag_filter, path_filter=path_filter,
+                                  max_unused=max_unused, max_repack_size=max_repack_size)
+    click.echo(outcome.forget.json_text() if as_json else outcome.forget.summary(), nl=False)
+    if outcome.prune is not None:
+        click.echo("\n".join(outcome.prune.stats_lines()), err=as_json)  # stdout stays pure JSON with --json
+        click.echo(outcome.prune.summary(), err=as_json)
+
+
+@cli.command()
+@_objects_options
+@click.option("--repository", required=True, help="Repository to prune.")
+@click.option("--dry-run", is_flag=True, help="Only print what would be removed.")
+@_prune_options
+@_storage_options
+def prune(objects, namespace, repository, dry_run, max_unused, max_repack_size, backend_retries,
+          backend_timeout) -> None:
+    """Delete data no snapshot needs: unused packs go, mostly unused packs are repacked (exclusive lock)."""
+    with _opened(objects, namespace, repository, backend_retries, backend_timeout) as repo:
+        result = run_prune(repo, dry_run=dry_run, max_unused=max_unused, max_repack_size=max_repack_size,
+                           progress=log.info)
+    click.echo(result.summary())
 
 
 @cli.command()

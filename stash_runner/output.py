@@ -59,9 +59,12 @@ class HostResult:
         return d
 
 
-def write_output(output_dir: str, target_name: str, host: HostResult) -> str:
-    """Write ``output.json`` as Stash does: {"targetStatus": {"ref": ..., "stats": [host]}}."""
-    doc = {"targetStatus": {"ref": {**APPBINDING_REF, "name": target_name}, "stats": [host.to_json()]}}
+def write_output(output_dir: str, target_name: str, host: HostResult, repository: dict | None = None) -> str:
+    """Write ``output.json`` as Stash does: {"targetStatus": {"ref": ..., "stats": [host]}}, plus
+    {"repository": {integrity, size, snapshotCount, snapshotsRemovedOnLastCleanup}} after post-backup actions."""
+    doc: dict = {"targetStatus": {"ref": {**APPBINDING_REF, "name": target_name}, "stats": [host.to_json()]}}
+    if repository is not None:
+        doc["repository"] = repository
     os.makedirs(output_dir, exist_ok=True)
     path = os.path.join(output_dir, OUTPUT_FILE)
     tmp = path + ".tmp"

@@ -29,6 +29,7 @@ class RestorePlan:
     source_hostname: str = "host-0"
     wait_timeout: float = 300.0
     progress_interval: float = 5.0
+    lock_wait: float = 0.0  # seconds to wait for a live exclusive lock (a prune) before failing
 
 
 @dataclass
@@ -60,6 +61,7 @@ def run_restore(plan: RestorePlan) -> RestoreResult:
             count[0] += len(c)
             yield c
 
-    with RepositoryLock(repo), Progress("restore", lambda: count[0], interval=plan.progress_interval):
+    progress = Progress("restore", lambda: count[0], interval=plan.progress_interval)
+    with RepositoryLock(repo, wait=plan.lock_wait), progress:
         plan.driver.restore(counted(iter_content(repo, node)))
     return RestoreResult(snap, count[0], time.monotonic() - started)

@@ -16,6 +16,7 @@ demo: deps
 
 bench: deps
 	$(PYTHON) bench/bench_backup.py
+	$(PYTHON) bench/bench_maintenance.py
 
 clean:
 	rm -rf .pytest_cache .ruff_cache build *.egg-info bench/out demo-run .deps-installed

@@ -458,7 +458,10 @@ def prune(objects, namespace, repository, dry_run, max_unused, max_repack_size, 
     """Delete data no snapshot needs: unused packs go, mostly unused packs are repacked (exclusive lock)."""
     with _opened(objects, namespace, repository, backend_retries, backend_timeout) as repo:
         result = run_prune(repo, dry_run=dry_run, max_unused=max_unused, max_repack_size=max_repack_size,
-                           progress=log.info)
+                           progress=log.debug)
+    click.echo("\n".join(result.stats_lines()))
+    if result.packs_not_removed:
+        log.warning("%d pack(s) could not be removed; the next prune removes them", result.packs_not_removed)
     click.echo(result.summary())
 
 

@@ -173,3 +173,22 @@ def test_private_ca_and_insecure_tls(workdir, source_pg, fresh_pg, tmp_path):
         restic(f"s3:{s.url}/tls-bucket/p", "--cacert", cert, "check", env=s.env)
     finally:
         s.stop()
+
+
+def test_maintenance_on_s3(moto_server, source_pg, tmp_path):
+    """forget, prune, check, stats and retention after a backup, on S3, judged by restic."""
+    objects = s3_objects(tmp_path / "o.yaml", moto_server, "maintenance", "pg", cluster=source_pg)
+    for _ in range(3):
+        backup(objects)
+    backup(objects, "--retention-keep-last", "2", "--retention-prune", "true")
+    repo = f"s3:{moto_server.url}/maintenance/pg"
+    assert len(json.loads(restic(repo, "snapshots", "--json", env=moto_server.env).stdout)) == 2
+    where = ["--objects", objects, *NS, "--repository", "repo"]
+    runner("forget", *where, "--keep-last", "1", "--prune", "--max-unused", "0", check=True)
+    restic(repo, "check", "--read-data", env=moto_server.env)
+    r = runner("check", *where, "--read-data", check=True)
+    assert b"no errors were found" in r.stdout
+    st = json.loads(runner("stats", *where, "--json", check=True).stdout)
+    raw = json.loads(restic(repo, "stats", "--mode", "raw-data", "--json", env=moto_server.env).stdout)
+    assert st["snapshots"] == 1 and st["raw_data"] == raw["total_size"]
+    runner("unlock", *where, check=True)

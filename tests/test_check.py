@@ -4,7 +4,6 @@ and restic 0.14's own check agrees on each verdict."""
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import random
 import shutil
@@ -17,7 +16,6 @@ import pytest
 from backends.base import FileType, Handle
 from backends.local import LocalBackend
 from backends.s3 import S3Backend
-from stash_runner.archiver import Archiver
 from stash_runner.check import CheckResult, Subset, parse_subset, run_check
 from stash_runner.errors import BadInput, LockedError
 from stash_runner.lock import RepositoryLock
@@ -29,6 +27,7 @@ from stash_runner.snapshot import Snapshot
 from stash_runner.timefmt import format_time, now
 
 from .helpers import REPO_PASSWORD, restic
+from .test_engine import backup_bytes as backup
 
 MB = 1024 * 1024
 
@@ -44,11 +43,6 @@ def stream(n: int, seed: int) -> bytes:
     return b"".join(parts)[:n]
 
 
-def backup(repo: Repository, data: bytes, host: str = "host-0") -> str:
-    repo.load_index()
-    with Archiver(repo) as a:
-        a.add_stream("dumpfile.sql", io.BytesIO(data))
-        return a.commit(hostname=host, paths=["/dumpfile.sql"]).snapshot.id
 
 
 def open_repo(root: str) -> Repository:

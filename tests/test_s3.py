@@ -16,6 +16,7 @@ from stash_runner.objects import BackendSpec, Secret
 from . import servers
 from .backend_contract import check_contract
 from .helpers import normalize_dump, objects_yaml, restic, runner
+from .test_postgres import backup, restore
 
 NS = ["-n", "demo"]
 
@@ -39,14 +40,6 @@ def keys(server, bucket: str) -> list[str]:
     return sorted(o["Key"] for page in pages for o in page.get("Contents", []))
 
 
-def backup(objects: str, *extra: str, check: bool = True):
-    return runner("backup", "--objects", objects, *NS, "--appbinding", "pg", "--repository", "repo", *extra,
-                  check=check)
-
-
-def restore(objects: str, *extra: str, check: bool = True):
-    return runner("restore", "--objects", objects, *NS, "--appbinding", "pg", "--repository", "repo", *extra,
-                  check=check)
 
 
 def test_contract(moto_server):

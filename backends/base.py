@@ -94,5 +94,8 @@ class Backend(abc.ABC):
     def create(self) -> None:
         """Prepare an empty location for a new repository (directories, a bucket)."""
 
+    def cancel(self) -> None:
+        """The run is being torn down: stop waiting between retries (each call still gets one try)."""
+
     def close(self) -> None:
         """Release connections."""

@@ -43,8 +43,8 @@ class RetryBackend(Backend):
         self.connections = inner.connections
         self._rng = random.Random()
         self._rng_lock = threading.Lock()
-        # Set on close: a run that is being torn down must not sit out a long backoff.
-        self._closed = threading.Event()
+        # Set on cancel or close: a run that is being torn down must not sit out a long backoff.
+        self._cancelled = threading.Event()
 
     def _retry(self, what: str, fn: Callable[[], T]) -> T:
         attempt = 0
@@ -59,7 +59,7 @@ class RetryBackend(Backend):
                     wait = self.policy.delay(attempt - 1, self._rng)
                 log.warning("%s: %s failed (%s); retry %d/%d in %.1f s", self.location, what, e, attempt,
                             self.policy.attempts - 1, wait)
-                if self._closed.wait(wait):
+                if self._cancelled.wait(wait):
                     raise BackendError(f"{self.location}: {what} abandoned (shutting down): {e}") from None
 
     def save(self, h: Handle, data: bytes) -> None:
@@ -84,6 +84,9 @@ class RetryBackend(Backend):
     def create(self) -> None:
         self._retry("create", self.inner.create)
 
+    def cancel(self) -> None:
+        self._cancelled.set()
+
     def close(self) -> None:
-        self._closed.set()
+        self._cancelled.set()
         self.inner.close()

@@ -179,6 +179,8 @@ class BlobSaver:
 
     def abort(self) -> None:
         """Stop, and remove the packs of this run that no index names (nothing can refer to them)."""
+        # Uploads waiting to retry would hold the shutdown for up to a minute (SIGTERM has 30 s).
+        self.repo.backend.cancel()
         self._pool.shutdown(wait=True, cancel_futures=True)
         with self._lock:
             uploads = list(self._uploads)

@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -138,3 +142,27 @@ def test_endless_faults_fail_cleanly_and_the_next_run_succeeds(remote, fault, mi
     assert remote.run("backup", objects).returncode == 0  # and the next run succeeds
     assert len(remote.snapshots()) == len(before) + 1
     remote.restic_check(tmp_path)
+
+
+def test_sigterm_during_retries_ends_promptly(moto_server, mid_pg, tmp_path):
+    """Pack uploads stalling and being retried must not hold up a SIGTERM for a minute."""
+    with FaultProxy(moto_server.url).start() as proxy:
+        remote = Remote("s3", moto_server, proxy, os.urandom(4).hex())
+        proxy.faults = Faults(stall_rate=1.0, stall_seconds=30, **PACK_WRITES)
+        objects = remote.objects(tmp_path / "o.yaml", mid_pg)
+        proc = subprocess.Popen([sys.executable, "-m", "stash_runner", "backup", "--objects", objects, "-n", "demo",
+                                 "--appbinding", "pg", "--repository", "repo", "--backend-timeout", "1",
+                                 "--backend-retries", "20"], stderr=subprocess.PIPE, env=remote.env)
+        deadline = time.monotonic() + 60
+        while proxy.counts["stalls"] < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert proxy.counts["stalls"] >= 2
+        time.sleep(1.5)  # well into the backoff between attempts
+        proc.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 143, err.decode()
+        assert time.monotonic() - started < 15, "SIGTERM waited out the retries"
+        proxy.faults = Faults()
+        assert remote.snapshots() == []
+        remote.restic_check(tmp_path)

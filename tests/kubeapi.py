@@ -50,7 +50,7 @@ Not implemented: watch (405), server-side apply (415), managedFields, namespace 
 schema validation, ``dryRun`` other than "All" (which skips storing), list snapshots (``continue`` reads the
 current state).
 
-Test helpers: ``seed``, ``get``, ``list``, ``mutate`` (a concurrent writer), ``remove``, ``requests`` (log),
+Test helpers: ``seed``, ``get``, ``list_objects``, ``mutate`` (a concurrent writer), ``remove``, ``requests`` (log),
 ``conflict_next`` and ``fail_next`` (fault injection), ``kubeconfig``.
 """
 
@@ -453,7 +453,9 @@ class KubeAPIServer:
     def start(self) -> KubeAPIServer:
         self._httpd = _HTTPServer((self._host, self._port), _Handler)
         self._httpd.api = self
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="kubeapi", daemon=True)
+        # a short poll interval: stop() waits for it, and tests start one server each
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name="kubeapi", daemon=True)
         self._thread.start()
         return self
 
@@ -566,7 +568,7 @@ class KubeAPIServer:
             stored = self._store.get(self._key(rt, namespace, name))
             return self._served(rt, stored) if stored is not None else None
 
-    def list(self, group: str, version: str, plural: str, namespace: str | None = None) -> list[JSON]:
+    def list_objects(self, group: str, version: str, plural: str, namespace: str | None = None) -> list[JSON]:
         rt = self.resource(group, version, plural)
         with self._lock:
             return [self._served(rt, o) for o in self._select(rt, namespace)]

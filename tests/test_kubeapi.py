@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import subprocess
@@ -12,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from kubernetes import client, config
+from kubernetes import client, config, dynamic
 from kubernetes.client.exceptions import ApiException
 
 from .kubeapi import JSON_PATCH, KubeAPIServer
@@ -225,8 +226,9 @@ def test_create_replace_delete_secret(server: KubeAPIServer, core: client.CoreV1
     assert s3.metadata.labels == {"x": "y"} and s3.data == {"a": "Yw=="}
     assert server.requests[-1].content_type == "application/strategic-merge-patch+json"
 
-    st = core.delete_namespaced_secret(name, NS)
-    assert st.status == "Success" and st.details.name == name and st.details.kind == "secrets"
+    st = core.delete_namespaced_secret(name, NS)  # v37 types this answer as a plain object
+    assert st["kind"] == "Status" and st["status"] == "Success"
+    assert st["details"] == {"name": name, "kind": "secrets", "uid": s.metadata.uid}
     assert core.list_namespaced_secret(NS).items == []
 
 
@@ -283,15 +285,18 @@ def test_json_patch(server: KubeAPIServer, custom: client.CustomObjectsApi) -> N
     assert body["message"] == "the server rejected our request due to an error in our request"
     assert get_bs(custom)["spec"]["invoker"]["name"] == "x" and server.resource_version == before
 
-    # an op on a missing path fails the same way; a patch that is not a list is a 400
+    # an op on a missing path fails the same way
     with pytest.raises(ApiException) as ei:
         custom.patch_namespaced_custom_object(STASH, V1B1, NS, "backupsessions", "bs",
                                               [{"op": "remove", "path": "/spec/nope"}], _content_type=JSON_PATCH)
     assert ei.value.status == 422
-    with pytest.raises(ApiException) as ei:
-        custom.patch_namespaced_custom_object(STASH, V1B1, NS, "backupsessions", "bs", {"op": "remove"},
-                                              _content_type=JSON_PATCH)
-    assert ei.value.status == 400
+    # a JSON patch that is not a list is a 400 (raw HTTP: the client would resend it as a strategic merge patch)
+    conn = http.client.HTTPConnection(server.url.removeprefix("http://"), timeout=10)
+    conn.request("PATCH", f"/apis/{STASH}/{V1B1}/namespaces/{NS}/backupsessions/bs", body=b'{"op": "remove"}',
+                 headers={"Content-Type": JSON_PATCH})
+    resp = conn.getresponse()
+    assert resp.status == 400 and json.loads(resp.read())["reason"] == "BadRequest"
+    conn.close()
 
 
 def test_strategic_merge_patch_on_custom_resource_is_415(server: KubeAPIServer,
@@ -402,6 +407,37 @@ def test_finalizers_delay_deletion(server: KubeAPIServer, custom: client.CustomO
     assert server.get(STASH, V1B1, "backupsessions", NS, "bs") is None
 
 
+def test_delete_preconditions_and_dry_run(server: KubeAPIServer, custom: client.CustomObjectsApi) -> None:
+    server.seed(backup_session())
+    cur = get_bs(custom)
+    stale = client.V1DeleteOptions(preconditions=client.V1Preconditions(resource_version="999"))
+    with pytest.raises(ApiException) as ei:
+        custom.delete_namespaced_custom_object(STASH, V1B1, NS, "backupsessions", "bs", body=stale)
+    assert ei.value.status == 409
+    assert "Precondition failed: ResourceVersion in precondition: 999" in status_of(ei.value)["message"]
+
+    out = custom.patch_namespaced_custom_object(STASH, V1B1, NS, "backupsessions", "bs",
+                                                {"spec": {"invoker": {"name": "dry"}}}, dry_run="All")
+    assert out["spec"]["invoker"]["name"] == "dry" and get_bs(custom) == cur  # dryRun=All stores nothing
+
+    ok = client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=cur["metadata"]["uid"],
+                                                                     resource_version=cur["metadata"]["resourceVersion"]))
+    custom.delete_namespaced_custom_object(STASH, V1B1, NS, "backupsessions", "bs", body=ok)
+    assert server.get(STASH, V1B1, "backupsessions", NS, "bs") is None
+
+
+def test_dynamic_client_discovery(server: KubeAPIServer, tmp_path: Any) -> None:
+    server.seed(backup_session(status={"phase": "Pending"}))
+    dyn = dynamic.DynamicClient(api_client(server), cache_file=str(tmp_path / "discovery.json"))
+    sessions = dyn.resources.get(api_version=f"{STASH}/{V1B1}", kind="BackupSession")
+    assert sessions.get(name="bs", namespace=NS).status.phase == "Pending"
+    out = sessions.status.patch(body={"metadata": {"name": "bs"}, "status": {"phase": "Running"}}, namespace=NS,
+                                content_type="application/merge-patch+json")
+    assert out.status.phase == "Running"
+    secrets = dyn.resources.get(api_version="v1", kind="Secret")
+    assert secrets.namespaced and secrets.get(namespace=NS).items == []
+
+
 # --- events -------------------------------------------------------------------------------------------------------
 
 def test_events_create_and_list(server: KubeAPIServer, core: client.CoreV1Api) -> None:
@@ -435,6 +471,8 @@ def test_events_create_and_list(server: KubeAPIServer, core: client.CoreV1Api) -
     assert len(core.list_namespaced_event(NS).items) == 3
     listed = ev1.list_namespaced_event(NS, field_selector="metadata.name=bs.2")
     assert [e.note for e in listed.items] == ["second"]
+    assert {e.get("note") for e in server.list_objects("events.k8s.io", "v1", "events", NS)} == {
+        "backup done", "second", None}
 
 
 # --- authorization ------------------------------------------------------------------------------------------------
@@ -563,12 +601,23 @@ def test_conflict_next_and_concurrent_writer(server: KubeAPIServer, custom: clie
 
 def test_fail_next(server: KubeAPIServer, custom: client.CustomObjectsApi) -> None:
     server.seed(backup_session())
-    server.fail_next(1, 503, method="GET", path_contains="/backupsessions/")
+    server.fail_next(1, 500, method="GET", path_contains="/backupsessions/")
     with pytest.raises(ApiException) as ei:
         get_bs(custom)
+    assert ei.value.status == 500 and status_of(ei.value)["reason"] == "InternalError"
+    assert get_bs(custom)["metadata"]["name"] == "bs"
+
+    # a 503 carries Retry-After, which urllib3's default Retry honours for a GET: the client never sees it
+    server.clear_requests()
+    server.fail_next(1, 503, method="GET")
+    assert get_bs(custom)["metadata"]["name"] == "bs"
+    assert [r.status for r in server.requests] == [503, 200]
+    # ... but not for a PATCH (not idempotent)
+    server.fail_next(1, 503, method="PATCH")
+    with pytest.raises(ApiException) as ei:
+        custom.patch_namespaced_custom_object(STASH, V1B1, NS, "backupsessions", "bs", {"metadata": {}})
     assert ei.value.status == 503 and status_of(ei.value)["reason"] == "ServiceUnavailable"
     assert ei.value.headers["Retry-After"] == "1"
-    assert get_bs(custom)["metadata"]["name"] == "bs"
 
 
 def test_request_log(server: KubeAPIServer, custom: client.CustomObjectsApi) -> None:
@@ -590,17 +639,25 @@ def test_subprocess_mode(tmp_path: Any) -> None:
         "apiVersion: v1\nkind: Secret\nmetadata: {name: repo-cred, namespace: demo}\nstringData: {k: v}\n---\n"
         f"apiVersion: {STASH}/{V1B1}\nkind: BackupSession\nmetadata: {{name: bs, namespace: demo}}\n"
         "status: {phase: Pending}\n")
+    auth = tmp_path / "auth.yaml"
+    auth.write_text("tokens:\n  t1:\n    user: system:serviceaccount:demo:runner\n"
+                    "    allow: [get secrets, get backupsessions]\n")
     kubeconfig = tmp_path / "kubeconfig"
     proc = subprocess.Popen([sys.executable, "-m", "tests.kubeapi", "--port", "0", "--fixtures", str(fixtures),
-                             "--kubeconfig", str(kubeconfig)], cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)
+                             "--auth", str(auth), "--kubeconfig", str(kubeconfig), "--token", "t1"],
+                            cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()
         assert line.startswith("listening on http://127.0.0.1:"), line
         api = config.new_client_from_config(str(kubeconfig))
         assert client.CoreV1Api(api).read_namespaced_secret("repo-cred", NS).data == {"k": "dg=="}
-        obj = client.CustomObjectsApi(api).get_namespaced_custom_object(STASH, V1B1, NS, "backupsessions", "bs")
+        custom = client.CustomObjectsApi(api)
+        obj = custom.get_namespaced_custom_object(STASH, V1B1, NS, "backupsessions", "bs")
         assert obj["status"] == {"phase": "Pending"}  # fixtures are stored as given
+        with pytest.raises(ApiException) as ei:
+            custom.patch_namespaced_custom_object_status(STASH, V1B1, NS, "backupsessions", "bs", {"status": {}})
+        assert ei.value.status == 403
     finally:
         proc.terminate()
         assert proc.wait(timeout=10) == 0

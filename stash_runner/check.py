@@ -36,19 +36,13 @@ import zstandard
 from backends.base import AccessDeniedError, BackendError, FileType, Handle, NotFoundError
 
 from . import compression
-from .crypto import OVERHEAD, Key
+from .crypto import Key
 from .errors import BadInput, IntegrityError, RepositoryError, StorageAccessDenied
 from .lock import RepositoryLock
-from .pack import DATA, TREE, PackedBlob, parse_header
+from .pack import DATA, TREE, PackedBlob, header_size, parse_header
 from .repository import Repository
 
 log = logging.getLogger(__name__)
-
-# A pack header entry: type(1) length(4) id(32), plus the plain length(4) for a compressed blob
-# (restic's pack.CalculateEntrySize); a header is encrypted and followed by its 4-byte length.
-ENTRY_SIZE = 37
-COMPRESSED_ENTRY_SIZE = 41
-HEADER_FIXED = OVERHEAD + 4
 
 # read-data fetches a pack in ranges of this size, so a worker holds about two segments plus the
 # blob being decoded, whatever the pack size (restic's --pack-size allows up to 128 MiB).
@@ -191,9 +185,7 @@ class _IndexedPack:
     index_files: list[str] = field(default_factory=list)
 
     def expected_size(self) -> int:
-        return HEADER_FIXED + sum(
-            b.length + (COMPRESSED_ENTRY_SIZE if b.uncompressed_length else ENTRY_SIZE) for b in self.blobs
-        )
+        return header_size(self.blobs) + sum(b.length for b in self.blobs)
 
 
 @dataclass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from .crypto import OVERHEAD, Key
@@ -63,6 +64,20 @@ def _encode_entry(b: PackedBlob) -> bytes:
     if compressed:
         return _ENTRY_COMPRESSED.pack(code, b.length, b.uncompressed_length, b.id)
     return _ENTRY_PLAIN.pack(code, b.length, b.id)
+
+
+#: bytes around a pack's encrypted header entries: the encryption overhead and the trailing length
+HEADER_OVERHEAD = OVERHEAD + 4
+
+
+def entry_size(b: PackedBlob) -> int:
+    """Bytes a blob's entry takes in its pack's header (restic's pack.CalculateEntrySize)."""
+    return _ENTRY_COMPRESSED.size if b.uncompressed_length else _ENTRY_PLAIN.size
+
+
+def header_size(blobs: Iterable[PackedBlob]) -> int:
+    """A pack's header as stored, its length field included (restic's pack.CalculateHeaderSize)."""
+    return HEADER_OVERHEAD + sum(entry_size(b) for b in blobs)
 
 
 def header_length_hint() -> int:

@@ -31,27 +31,21 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 from backends.base import BackendError, FileType, Handle, NotFoundError
 
 from . import compression
-from .crypto import OVERHEAD
 from .errors import BadInput, IntegrityError, RepositoryError
 from .index import Index, index_json, split_for_files
 from .lock import RepositoryLock
-from .pack import DATA, TARGET_PACK_SIZE, TREE, PackBuilder, PackedBlob
+from .pack import DATA, HEADER_OVERHEAD, TARGET_PACK_SIZE, TREE, PackBuilder, PackedBlob, entry_size, header_size
 from .repository import Repository
 
 log = logging.getLogger("stash_runner")
 
-# Header bytes per blob in a pack: type, length, (plain length,) id; the header is encrypted and followed
-# by its length (pack.py's _ENTRY_PLAIN / _ENTRY_COMPRESSED; restic's CalculateHeaderSize).
-ENTRY_PLAIN = 1 + 4 + 32
-ENTRY_COMPRESSED = 1 + 4 + 4 + 32
-HEADER_OVERHEAD = OVERHEAD + 4
 MIXED = "mixed"  # a pack with both data and tree blobs: restic always repacks those
 # restic keeps packs below 1/25 of the target size unless at least this many exist (then repacks them).
 MIN_SMALL_PACKS = 10
@@ -254,11 +248,6 @@ class _Plan:
     must_compress: set[bytes]
     keep_blobs: dict[str, set[bytes]]  # used blobs that live only in packs to repack
     rewrite_index: bool
-
-
-def header_size(blobs: Iterable[PackedBlob]) -> int:
-    """A pack's header size as stored (restic's pack.CalculateHeaderSize)."""
-    return HEADER_OVERHEAD + sum(ENTRY_COMPRESSED if b.uncompressed_length else ENTRY_PLAIN for b in blobs)
 
 
 # -- entry point -------------------------------------------------------------------------------
@@ -585,7 +574,7 @@ class _Pruner:
             for b in state.packs[pack_id]:
                 if b.id in plan.keep_blobs[b.type] and (b.type, b.id) not in seen:
                     seen.add((b.type, b.id))
-                    written += b.length + (ENTRY_COMPRESSED if b.uncompressed_length else ENTRY_PLAIN)
+                    written += b.length + entry_size(b)
         if seen:
             written += HEADER_OVERHEAD * max(1, math.ceil(written / TARGET_PACK_SIZE))
         return deleted - written

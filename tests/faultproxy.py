@@ -130,13 +130,16 @@ class _Handler(BaseHTTPRequestHandler):
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
             self._read_chunked(out)
         else:
-            remaining = int(self.headers.get("Content-Length") or 0)
-            while remaining > 0:
-                data = self.rfile.read(min(remaining, _BLOCK))
-                if not data:
-                    raise ValueError("client closed mid-body")
-                out.write(data)
-                remaining -= len(data)
+            self._copy(int(self.headers.get("Content-Length") or 0), out, "body")
+
+    def _copy(self, n: int, out: IO[bytes], what: str) -> None:
+        """Exactly ``n`` bytes of the request from the client into ``out``."""
+        while n > 0:
+            data = self.rfile.read(min(n, _BLOCK))
+            if not data:
+                raise ValueError(f"client closed mid-{what}")
+            out.write(data)
+            n -= len(data)
 
     def _read_chunked(self, out: IO[bytes]) -> None:
         while True:
@@ -146,12 +149,7 @@ class _Handler(BaseHTTPRequestHandler):
             size = int(line.split(b";", 1)[0].strip(), 16)
             if size == 0:
                 break
-            while size > 0:
-                data = self.rfile.read(min(size, _BLOCK))
-                if not data:
-                    raise ValueError("client closed mid-chunk")
-                out.write(data)
-                size -= len(data)
+            self._copy(size, out, "chunk")
             if self.rfile.readline(_MAX_LINE).strip():
                 raise ValueError("missing CRLF after chunk")
         while self.rfile.readline(_MAX_LINE).strip():

@@ -32,6 +32,7 @@ from .pack import DATA, TARGET_PACK_SIZE, TREE, PackBuilder, PackedBlob
 from .repository import Repository
 from .snapshot import Snapshot
 from .timefmt import format_time, now
+from .uploader import PackUploader
 
 MIN_CHUNK = 512 * 1024
 AVG_CHUNK = 1024 * 1024
@@ -75,13 +76,10 @@ class BlobSaver:
         self.level = level
         self.max_inflight = workers * 2
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="blob")
-        uploads = max(1, repo.backend.connections)
-        self._upload_pool = ThreadPoolExecutor(uploads, thread_name_prefix="upload")
-        self._upload_slots = threading.BoundedSemaphore(uploads)
+        self._uploader = PackUploader(repo, self._pack_saved, self._pack_failed)
         self._lock = threading.Lock()
         self._pending: set[bytes] = set()
         self._packers = {DATA: PackBuilder(DATA), TREE: PackBuilder(TREE)}
-        self._uploads: list[Future] = []
         self.unindexed: list[tuple[bytes, list[PackedBlob]]] = []
         self._local = threading.local()
         self._error: BaseException | None = None
@@ -112,7 +110,7 @@ class BlobSaver:
                 self._packers[blob_type] = PackBuilder(blob_type)
         self.stats.add(blobs_new=1, bytes_new=len(data))
         if full is not None:
-            self._upload(full)
+            self._uploader.upload(full)
         return blob_id
 
     def submit(self, blob_type: str, data: bytes) -> Future:
@@ -120,25 +118,12 @@ class BlobSaver:
             raise self._error
         return self._pool.submit(self.store, blob_type, data)
 
-    def _upload(self, packer: PackBuilder) -> None:
-        self._upload_slots.acquire()  # back-pressure: at most `connections` packs in the air
-        try:
-            pack_id, data = packer.finish(self.repo.key)
-            fut = self._upload_pool.submit(self._save_pack, pack_id, data, packer.blobs)
-        except BaseException:
-            self._upload_slots.release()
-            raise
-        fut.add_done_callback(lambda _f: self._upload_slots.release())
-        with self._lock:
-            self._uploads.append(fut)
+    # Called from upload threads.
+    def _pack_failed(self, pack_id: bytes, blobs: list[PackedBlob], size: int, e: BaseException) -> None:
+        self._error = e
 
-    def _save_pack(self, pack_id: bytes, data: bytes, blobs: list[PackedBlob]) -> None:
-        try:
-            self.repo.save_pack(pack_id, data)
-        except BaseException as e:
-            self._error = e
-            raise
-        self.stats.add(bytes_stored=len(data))
+    def _pack_saved(self, pack_id: bytes, blobs: list[PackedBlob], size: int) -> None:
+        self.stats.add(bytes_stored=size)
         batch = None
         with self._lock:
             self.unindexed.append((pack_id, blobs))
@@ -165,11 +150,8 @@ class BlobSaver:
                 packer = self._packers[blob_type]
                 self._packers[blob_type] = PackBuilder(blob_type)
             if packer.blobs:
-                self._upload(packer)
-        with self._lock:
-            uploads, self._uploads = self._uploads, []
-        for fut in uploads:
-            fut.result()
+                self._uploader.upload(packer)
+        self._uploader.wait()
         if self._error is not None:
             raise self._error
         with self._lock:
@@ -182,12 +164,8 @@ class BlobSaver:
         # Uploads waiting to retry would hold the shutdown for up to a minute (SIGTERM has 30 s).
         self.repo.backend.cancel()
         self._pool.shutdown(wait=True, cancel_futures=True)
-        with self._lock:
-            uploads = list(self._uploads)
-        for fut in uploads:
-            # the first error is already being reported; these only need to have finished
-            with contextlib.suppress(BaseException):
-                fut.result()
+        # the first error is already being reported; the uploads only need to have finished
+        self._uploader.wait(quiet=True)
         for pack_id, _ in self.unindexed:
             with contextlib.suppress(RepositoryError):
                 self.repo.remove(Handle(FileType.DATA, pack_id.hex()))
@@ -196,7 +174,7 @@ class BlobSaver:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
-        self._upload_pool.shutdown(wait=True)
+        self._uploader.shutdown()
 
 
 @dataclass

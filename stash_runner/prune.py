@@ -32,7 +32,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 from backends.base import BackendError, FileType, Handle, NotFoundError
@@ -43,6 +43,7 @@ from .index import Index, index_json, split_for_files
 from .lock import RepositoryLock
 from .pack import DATA, HEADER_OVERHEAD, TARGET_PACK_SIZE, TREE, PackBuilder, PackedBlob, entry_size, header_size
 from .repository import Repository
+from .uploader import PackUploader
 
 log = logging.getLogger("stash_runner")
 
@@ -698,10 +699,7 @@ class _Repacker:
         self.written: list[tuple[bytes, list[PackedBlob], int]] = []
         self._lock = threading.Lock()
         self._builders = {DATA: PackBuilder(DATA), TREE: PackBuilder(TREE)}
-        uploads = max(1, repo.backend.connections)
-        self._upload_pool = ThreadPoolExecutor(uploads, thread_name_prefix="prune-upload")
-        self._slots = threading.BoundedSemaphore(uploads)
-        self._uploads: list[Future] = []
+        self._uploader = PackUploader(repo, self._pack_saved, self._pack_failed, name="prune-upload")
         self._error: BaseException | None = None
         self._local = threading.local()
         self._done = 0
@@ -726,9 +724,8 @@ class _Repacker:
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
             # Always wait for the uploads: the caller must know every pack that was written.
-            self._upload_pool.shutdown(wait=True)
-        for fut in self._uploads:
-            fut.result()
+            self._uploader.shutdown()
+        self._uploader.wait()
 
     def _repack_pack(self, pack_id: bytes, total: int) -> None:
         if self._error is not None:
@@ -776,28 +773,17 @@ class _Repacker:
     def _upload(self, builder: PackBuilder) -> None:
         if self._error is not None:
             raise self._error
-        self._slots.acquire()  # back-pressure: at most `connections` packs in memory waiting to upload
-        try:
-            pack_id, data = builder.finish(self.repo.key)
-            fut = self._upload_pool.submit(self._save, pack_id, data, builder.blobs)
-        except BaseException:
-            self._slots.release()
-            raise
-        fut.add_done_callback(lambda _f: self._slots.release())
-        with self._lock:
-            self._uploads.append(fut)
+        self._uploader.upload(builder)
 
-    def _save(self, pack_id: bytes, data: bytes, blobs: list[PackedBlob]) -> None:
-        try:
-            self.repo.save_pack(pack_id, data)
-        except BaseException as e:
-            self._error = e
-            # It may exist partly or wholly (a timeout after the write): list it so that undo removes it.
-            with self._lock:
-                self.written.append((pack_id, blobs, len(data)))
-            raise
+    def _pack_failed(self, pack_id: bytes, blobs: list[PackedBlob], size: int, e: BaseException) -> None:
+        self._error = e
+        # It may exist partly or wholly (a timeout after the write): list it so that undo removes it.
         with self._lock:
-            self.written.append((pack_id, blobs, len(data)))
+            self.written.append((pack_id, blobs, size))
+
+    def _pack_saved(self, pack_id: bytes, blobs: list[PackedBlob], size: int) -> None:
+        with self._lock:
+            self.written.append((pack_id, blobs, size))
 
 
 # -- helpers -----------------------------------------------------------------------------------

@@ -10,9 +10,10 @@ from drivers.base import Driver
 
 from . import __version__, compression
 from .archiver import Archiver, BackupResult
-from .errors import RepositoryNotFound, RunnerError
+from .errors import RepositoryNotFound
 from .lock import RepositoryLock
 from .maintenance import PostBackup, post_backup
+from .output import SnapshotStats
 from .progress import Progress
 from .repository import Repository, current_username
 from .retention import Policy
@@ -45,6 +46,10 @@ class BackupPlan:
 class BackupOutcome:
     result: BackupResult
     post: PostBackup | None = None
+    #: the repository, still open: a session's post-backup actions run on it later
+    repo: Repository | None = None
+    #: this run created the repository
+    initialized: bool = False
 
 
 def open_or_none(backend: Backend, password: str) -> Repository | None:
@@ -59,6 +64,7 @@ def run_backup(plan: BackupPlan) -> BackupOutcome:
     # repository only once the database is known to be there: bad input never writes anything.
     repo = open_or_none(plan.backend, plan.password)
     plan.driver.wait_ready(plan.wait_timeout)
+    initialized = repo is None
     if repo is None:
         repo = Repository.init(plan.backend, plan.password)
         log.info("initialised a new repository at %s", plan.backend.location)
@@ -80,13 +86,23 @@ def run_backup(plan: BackupPlan) -> BackupOutcome:
             program_version=f"stash-runner {__version__}",
         )
     if not plan.post_actions and plan.retention.empty():
-        return BackupOutcome(result)
-    try:
-        post = post_backup(repo, plan.retention, prune=plan.retention_prune, dry_run=plan.retention_dry_run,
-                           lock_wait=plan.lock_wait)
-    except RunnerError as e:
+        return BackupOutcome(result, repo=repo, initialized=initialized)
+    post = post_backup(repo, plan.retention, prune=plan.retention_prune, dry_run=plan.retention_dry_run,
+                       lock_wait=plan.lock_wait)
+    if post.errors:
         # The snapshot is saved and stays; the run still fails, so that the failed action is seen.
-        raise type(e)(f"snapshot {result.snapshot.short_id} was saved, but the post-backup actions failed: {e}") \
-            from None
-    return BackupOutcome(result, post)
+        first = next(iter(post.errors.values()))
+        raise type(first)(f"snapshot {result.snapshot.short_id} was saved, but the post-backup actions failed: "
+                          + "; ".join(map(str, post.errors.values())))
+    return BackupOutcome(result, post, repo, initialized)
 
+
+
+def snapshot_stats(result: BackupResult) -> SnapshotStats:
+    """A snapshot's figures as Stash reports them (one stream: one file, new or modified)."""
+    st = result.stats
+    return SnapshotStats(
+        name=result.snapshot.id, path=result.snapshot.paths[0], total_size=st.bytes_read,
+        uploaded=st.bytes_stored, processing_seconds=st.elapsed,
+        new_files=1 if st.blobs_known == 0 else 0, modified_files=0 if st.blobs_known == 0 else 1,
+    )

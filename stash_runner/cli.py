@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -15,12 +16,25 @@ import click
 
 from backends.retry import RetryPolicy
 
-from . import __version__, compression
-from .backup import BackupPlan, run_backup
+from . import __version__, compression, metrics
+from .backup import BackupPlan, run_backup, snapshot_stats
 from .check import parse_subset, run_check, summarize
 from .errors import BadInput, IntegrityError, Interrupted, RunnerError
+from .executor import (
+    BackupSettings,
+    Reporting,
+    RestoreSettings,
+    StorageOpener,
+    UpdateStatusSettings,
+    backup_session,
+    restore_session,
+    update_backup_status,
+    update_restore_status,
+)
+from .kube import Cluster
 from .lock import unlock as remove_locks
 from .maintenance import apply_retention
+from .objects import ObjectSource
 from .output import HostResult, SnapshotStats, write_output
 from .prune import run_prune
 from .reader import find_file, iter_content
@@ -29,12 +43,13 @@ from .resolve import (
     DriverOptions,
     Storage,
     driver_for,
-    object_source,
+    open_objects,
     storage_from_flags,
     storage_from_repository,
 )
 from .restore import RestorePlan, run_restore
 from .retention import Policy
+from .sessions import Retention
 from .stats import run_stats
 from .units import rate, stash_bytes
 
@@ -44,17 +59,66 @@ log = logging.getLogger("stash_runner")
 # -- shared options --------------------------------------------------------------------------
 
 def _objects_options(f: Callable) -> Callable:
+    f = click.option("--kubeconfig", default="",
+                     help="Read the objects from this kubeconfig's cluster (default: in-cluster, then KUBECONFIG).")(f)
     f = click.option("--namespace", "-n", default="default", show_default=True,
                      help="Namespace of the objects.")(f)
     return click.option("--objects", "objects", multiple=True, type=click.Path(),
-                        help="YAML/JSON file or directory with the objects (repeatable).")(f)
+                        help="YAML/JSON file or directory with the objects (repeatable); "
+                             "without it they come from the Kubernetes API.")(f)
+
+
+def _report_options(f: Callable) -> Callable:
+    """Stash's metrics flags: where the Pushgateway is, the job and extra labels."""
+    opts = [
+        click.option("--metrics-enabled", default="true", show_default=True,
+                     help="Push metrics when a Pushgateway is known (true/false)."),
+        click.option("--metrics-pushgateway-url", default="",
+                     help=f"Pushgateway URL (default: ${metrics.ENV_PUSHGATEWAY_URL}; none: no metrics)."),
+        click.option("--prom-job-name", default="", envvar="PROMETHEUS_JOB_NAME",
+                     help="Job to push under (default: <lower(invokerKind)>-<namespace>-<invokerName>)."),
+        click.option("--metrics-labels", multiple=True, help="Extra labels key=value (comma-separated; repeatable)."),
+        click.option("--invoker-kind", default="", help="Accepted for Stash's Functions; read from the session."),
+        click.option("--invoker-name", default="", help="Accepted for Stash's Functions; read from the session."),
+        click.option("--target-kind", default="", help="Kind of the target to report (default: from the session)."),
+        click.option("--target-name", default="", help="Name of the target to report (Stash's TARGET_NAME)."),
+        click.option("--target-namespace", default="", hidden=True),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def _reporting(source: ObjectSource, cluster: Cluster | None, kw: dict) -> Reporting:
+    url = metrics.pushgateway_url(kw["metrics_pushgateway_url"], os.environ) if _truthy(kw["metrics_enabled"]) \
+        else None
+    labels = metrics.parse_user_labels(item for value in kw["metrics_labels"] for item in value.split(","))
+    return Reporting(source, cluster, url, kw["prom_job_name"], labels)
+
+
+class _OptionalFloat(click.ParamType):
+    """A number, or empty for the default: Stash's Functions pass ``--wait-timeout=${waitTimeout:=}``."""
+
+    name = "float"
+
+    def convert(self, value, param, ctx):  # noqa: ANN001, ANN201 - click's signature
+        if value is None or isinstance(value, float) or str(value).strip() == "":
+            return value if isinstance(value, float) else None
+        try:
+            return float(value)
+        except ValueError:
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+
+
+_OPTIONAL_FLOAT = _OptionalFloat()
 
 
 def _pg_options(f: Callable) -> Callable:
     f = click.option("--pg-args", default="", help="Extra arguments for pg_dumpall/pg_dump or psql.")(f)
     f = click.option("--user", default="", help="Database user (default: from the AppBinding's Secret).")(f)
-    f = click.option("--wait-timeout", default=300, show_default=True, type=float,
-                     help="Seconds to wait for the database to accept connections.")(f)
+    f = click.option("--wait-timeout", default=None, type=_OPTIONAL_FLOAT,
+                     help="Seconds to wait for the database to accept connections  [default: the Task's "
+                          "waitTimeout param, else 300]")(f)
     return click.option("--scratch-dir", default=None, help="Directory for temporary files (certificates).")(f)
 
 
@@ -97,6 +161,16 @@ def _retention(kw: dict) -> tuple[Policy, bool, bool]:
     return policy, _truthy(kw["retention_prune"]), _truthy(kw["retention_dry_run"])
 
 
+def _retention_override(kw: dict) -> Retention | None:
+    """The --retention-* flags when they name a policy; None leaves the invoker's retentionPolicy."""
+    policy, prune, dry_run = _retention(kw)
+    return None if policy.empty() else Retention(policy, prune, dry_run)
+
+
+def _wait(kw: dict) -> float:
+    return 300.0 if kw["wait_timeout"] is None else kw["wait_timeout"]
+
+
 def _policy(retries: int, timeout: float) -> RetryPolicy:
     return RetryPolicy(attempts=retries, timeout=timeout)
 
@@ -134,7 +208,7 @@ def _truthy(value: str) -> bool:
     return str(value).strip().lower() in ("1", "true", "yes", "on")
 
 
-def _flags_storage(source, kw: dict) -> Storage:
+def _flags_storage(source, kw: dict, namespace: str = "", repository: str = "") -> Storage:
     return storage_from_flags(
         source,
         provider=kw["provider"],
@@ -148,29 +222,44 @@ def _flags_storage(source, kw: dict) -> Storage:
         max_connections=kw["max_connections"],
         insecure_tls=_truthy(kw["insecure_tls"]),
         policy=_policy(kw["backend_retries"], kw["backend_timeout"]),
+        repository_name=repository,
+        namespace=namespace,
     )
 
 
-def _flags_storage_and_driver(kw: dict, backup_cmd: str = "pg_dumpall"):
-    """Storage from Stash's flags (the secret by name needs --objects), then the postgres driver."""
-    source = object_source(kw["objects"]) if kw["objects"] else None
+def _pg_driver_options(kw: dict, backup_cmd: str = "") -> DriverOptions:
+    return DriverOptions(backup_cmd=backup_cmd, pg_args=kw["pg_args"], user=kw["user"],
+                         scratch_dir=kw["scratch_dir"], driver="postgres")
+
+
+def _flags_storage_and_driver(source: ObjectSource, kw: dict, backup_cmd: str = "pg_dumpall"):
+    """Storage from Stash's flags, then the postgres driver."""
     storage = _flags_storage(source, kw)
-    drv = driver_for(source or object_source(()), kw["appbinding_namespace"] or kw["namespace"], kw["appbinding"],
-                     DriverOptions(backup_cmd=backup_cmd, pg_args=kw["pg_args"], user=kw["user"],
-                                   scratch_dir=kw["scratch_dir"], driver="postgres"))
+    try:
+        drv = driver_for(source, kw["appbinding_namespace"] or kw["namespace"], kw["appbinding"],
+                         _pg_driver_options(kw, backup_cmd))
+    except BaseException:
+        storage.close()
+        raise
     return storage, drv
 
 
-def _no_cluster(session_flag: str, value: str, kubeconfig: str) -> None:
-    if value or kubeconfig:
-        raise BadInput(f"{session_flag}/--kubeconfig: reading sessions from the Kubernetes API is not "
-                       "supported by this version; give --objects")
+def _session_storage(source: ObjectSource, kw: dict) -> StorageOpener:
+    """A session's Repository: from Stash's storage flags when the Function passes them, else by name."""
+    if kw.get("provider"):
+        return lambda ns, name: _flags_storage(source, kw, ns, name)
+    policy = _policy(kw["backend_retries"], kw["backend_timeout"])
+    if kw.get("repository"):  # a --repository flag wins over the invoker's
+        return lambda ns, name: storage_from_repository(source, kw["namespace"], kw["repository"], policy)
+    return lambda ns, name: storage_from_repository(source, ns, name, policy)
 
 
 @contextlib.contextmanager
-def _opened(objects, namespace: str, repository: str, retries: int, timeout: float) -> Iterator[Repository]:
+def _opened(objects, namespace: str, repository: str, retries: int, timeout: float,
+            kubeconfig: str = "") -> Iterator[Repository]:
     """The named Repository, opened; its storage closed afterwards."""
-    storage = storage_from_repository(object_source(objects), namespace, repository, _policy(retries, timeout))
+    with open_objects(objects, kubeconfig) as (source, _):
+        storage = storage_from_repository(source, namespace, repository, _policy(retries, timeout))
     try:
         yield Repository.open(storage.backend, storage.password)
     finally:
@@ -220,12 +309,7 @@ def _backup(driver, storage: Storage, hostname: str, tags: list[str], wait_timeo
         result.snapshot.short_id, hostname, stash_bytes(st.bytes_read), stash_bytes(st.bytes_stored),
         st.elapsed, rate(st.bytes_read, st.elapsed),
     )
-    snap = SnapshotStats(
-        name=result.snapshot.id, path=result.snapshot.paths[0], total_size=st.bytes_read,
-        uploaded=st.bytes_stored, processing_seconds=st.elapsed,
-        new_files=1 if st.blobs_known == 0 else 0, modified_files=0 if st.blobs_known == 0 else 1,
-    )
-    return snap, outcome.post.repository_json() if outcome.post else None
+    return snapshot_stats(result), outcome.post.repository_json() if outcome.post else None
 
 
 def _restore(driver, storage: Storage, snapshot: str, source_hostname: str, wait_timeout: float,
@@ -261,8 +345,11 @@ def cli(verbose: bool, quiet: bool) -> None:
 
 @cli.command()
 @_objects_options
-@click.option("--appbinding", required=True, help="AppBinding of the database to back up.")
-@click.option("--repository", required=True, help="Repository to back up into.")
+@click.option("--backupsession", default="",
+              help="Run for this BackupSession: the rest comes from it and its invoker; status, Events and metrics "
+                   "are reported.")
+@click.option("--appbinding", default="", help="AppBinding of the database (with a session: which target).")
+@click.option("--repository", default="", help="Repository to back up into (with a session: its invoker's).")
 @click.option("--hostname", default="host-0", show_default=True, help="Host name recorded in the snapshot.")
 @click.option("--tag", "tags", multiple=True, help="Tag for the snapshot (repeatable).")
 @click.option("--output-dir", default="", help="Write Stash's output.json here.")
@@ -274,48 +361,89 @@ def cli(verbose: bool, quiet: bool) -> None:
 @_retention_options
 @_lock_options
 @_storage_options
+@_report_options
 def backup(**kw) -> None:
     """Dump a database into a snapshot of a repository (created if it does not exist).
 
     With --retention-keep-* the policy is applied afterwards (forget, and prune with --retention-prune),
     and the repository's size and snapshot count go into output.json.
     """
+    opts = DriverOptions(backup_cmd=kw["backup_cmd"], pg_args=kw["pg_args"], user=kw["user"],
+                         scratch_dir=kw["scratch_dir"], driver=kw["driver"])
+    if kw["backupsession"]:
+        _backup_session(kw, opts, list(kw["tags"]), kw["compression_level"], kw["workers"])
+        return
+    _require(kw, "appbinding", "repository")
+
     def work() -> tuple[SnapshotStats, dict | None]:
-        source = object_source(kw["objects"])
-        storage = storage_from_repository(source, kw["namespace"], kw["repository"],
-                                          _policy(kw["backend_retries"], kw["backend_timeout"]))
-        drv = driver_for(source, kw["namespace"], kw["appbinding"], DriverOptions(
-            backup_cmd=kw["backup_cmd"], pg_args=kw["pg_args"], user=kw["user"], scratch_dir=kw["scratch_dir"],
-            driver=kw["driver"]))
-        return _backup(drv, storage, kw["hostname"], list(kw["tags"]), kw["wait_timeout"], kw["compression_level"],
+        with open_objects(kw["objects"], kw["kubeconfig"]) as (source, _):
+            storage = storage_from_repository(source, kw["namespace"], kw["repository"],
+                                              _policy(kw["backend_retries"], kw["backend_timeout"]))
+            try:
+                drv = driver_for(source, kw["namespace"], kw["appbinding"], opts)
+            except BaseException:
+                storage.close()
+                raise
+        return _backup(drv, storage, kw["hostname"], list(kw["tags"]), _wait(kw), kw["compression_level"],
                        kw["workers"], kw)
 
     _run_host(kw["output_dir"], kw["appbinding"], kw["hostname"], work)
 
 
+def _require(kw: dict, *names: str) -> None:
+    for name in names:
+        if not kw[name]:
+            raise BadInput(f"--{name} is missing (or give a session to take it from)")
+
+
+def _backup_session(kw: dict, opts: DriverOptions, tags: list[str], level: int, workers: int | None) -> None:
+    settings = BackupSettings(
+        hostname=kw["hostname"] or "host-0", target_name=kw["appbinding"] or kw["target_name"], driver=opts,
+        wait_timeout=kw["wait_timeout"], compression_level=level, workers=workers, lock_wait=kw["lock_wait"],
+        tags=tags, retention=_retention_override(kw), output_dir=kw["output_dir"])
+    with open_objects(kw["objects"], kw["kubeconfig"]) as (source, cluster):
+        backup_session(_reporting(source, cluster, kw), kw["namespace"], kw["backupsession"], settings,
+                       _session_storage(source, kw))
+
+
+def _restore_session(kw: dict, opts: DriverOptions) -> None:
+    settings = RestoreSettings(
+        hostname=kw["hostname"] or "host-0", snapshot="" if kw["snapshot"] == "latest" else kw["snapshot"],
+        source_hostname=kw["source_hostname"], driver=opts, wait_timeout=kw["wait_timeout"],
+        lock_wait=kw["lock_wait"], output_dir=kw["output_dir"], appbinding=kw["appbinding"] or kw["target_name"])
+    with open_objects(kw["objects"], kw["kubeconfig"]) as (source, cluster):
+        restore_session(_reporting(source, cluster, kw), kw["namespace"], kw["restoresession"], settings,
+                        _session_storage(source, kw))
+
+
 @cli.command("backup-pg")
 @_stash_flags
-@click.option("--backupsession", default="")
+@click.option("--backupsession", default="", help="Run for this BackupSession and report to it.")
 @click.option("--backup-cmd", default="pg_dumpall", show_default=True)
 @_retention_options
 @_lock_options
 @_pg_options
+@_report_options
 def backup_pg(**kw) -> None:
     """Stash's postgres addon spelling of `backup` (same flags as its image)."""
-    _no_cluster("--backupsession", kw["backupsession"], kw["kubeconfig"])
+    if kw["backupsession"]:
+        _backup_session(kw, _pg_driver_options(kw, kw["backup_cmd"]), [], compression.DEFAULT_LEVEL, None)
+        return
 
     def work() -> tuple[SnapshotStats, dict | None]:
-        storage, drv = _flags_storage_and_driver(kw, backup_cmd=kw["backup_cmd"])
-        return _backup(drv, storage, kw["hostname"] or "host-0", [], kw["wait_timeout"],
-                       compression.DEFAULT_LEVEL, None, kw)
+        with open_objects(kw["objects"], kw["kubeconfig"]) as (source, _):
+            storage, drv = _flags_storage_and_driver(source, kw, backup_cmd=kw["backup_cmd"])
+        return _backup(drv, storage, kw["hostname"] or "host-0", [], _wait(kw), compression.DEFAULT_LEVEL, None, kw)
 
     _run_host(kw["output_dir"], kw["appbinding"], kw["hostname"] or "host-0", work)
 
 
 @cli.command()
 @_objects_options
-@click.option("--appbinding", required=True, help="AppBinding of the database to restore into.")
-@click.option("--repository", required=True, help="Repository to restore from.")
+@click.option("--restoresession", default="",
+              help="Run for this RestoreSession: the rest comes from it; status, Events and metrics are reported.")
+@click.option("--appbinding", default="", help="AppBinding of the database to restore into.")
+@click.option("--repository", default="", help="Repository to restore from.")
 @click.option("--snapshot", default="latest", show_default=True, help="Snapshot ID (or prefix) or 'latest'.")
 @click.option("--hostname", default="host-0", show_default=True, help="This host's name (for output.json).")
 @click.option("--source-hostname", default="", help="Host whose latest snapshot to restore (default: --hostname).")
@@ -324,37 +452,78 @@ def backup_pg(**kw) -> None:
 @_pg_options
 @_lock_options
 @_storage_options
-def restore(objects, namespace, appbinding, repository, snapshot, hostname, source_hostname, output_dir, driver,
-            pg_args, user, wait_timeout, scratch_dir, lock_wait, backend_retries, backend_timeout) -> None:
+@_report_options
+def restore(**kw) -> None:
     """Restore a snapshot into the database of an AppBinding."""
-    def work() -> None:
-        source = object_source(objects)
-        storage = storage_from_repository(source, namespace, repository, _policy(backend_retries, backend_timeout))
-        drv = driver_for(source, namespace, appbinding, DriverOptions(
-            pg_args=pg_args, user=user, scratch_dir=scratch_dir, driver=driver))
-        _restore(drv, storage, snapshot, source_hostname or hostname, wait_timeout, lock_wait)
+    opts = DriverOptions(pg_args=kw["pg_args"], user=kw["user"], scratch_dir=kw["scratch_dir"], driver=kw["driver"])
+    if kw["restoresession"]:
+        _restore_session(kw, opts)
+        return
+    _require(kw, "appbinding", "repository")
 
-    _run_host(output_dir, appbinding, hostname, work)
+    def work() -> None:
+        with open_objects(kw["objects"], kw["kubeconfig"]) as (source, _):
+            storage = storage_from_repository(source, kw["namespace"], kw["repository"],
+                                              _policy(kw["backend_retries"], kw["backend_timeout"]))
+            try:
+                drv = driver_for(source, kw["namespace"], kw["appbinding"], opts)
+            except BaseException:
+                storage.close()
+                raise
+        _restore(drv, storage, kw["snapshot"], kw["source_hostname"] or kw["hostname"], _wait(kw), kw["lock_wait"])
+
+    _run_host(kw["output_dir"], kw["appbinding"], kw["hostname"], work)
 
 
 @cli.command("restore-pg")
 @_stash_flags
-@click.option("--restoresession", default="")
+@click.option("--restoresession", default="", help="Run for this RestoreSession and report to it.")
 @click.option("--snapshot", default="latest", show_default=True)
 @click.option("--source-hostname", default="")
 @_lock_options
 @_pg_options
+@_report_options
 def restore_pg(**kw) -> None:
     """Stash's postgres addon spelling of `restore` (same flags as its image)."""
-    _no_cluster("--restoresession", kw["restoresession"], kw["kubeconfig"])
+    if kw["restoresession"]:
+        _restore_session(kw, _pg_driver_options(kw))
+        return
     hostname = kw["hostname"] or "host-0"
 
     def work() -> None:
-        storage, drv = _flags_storage_and_driver(kw)
-        _restore(drv, storage, kw["snapshot"] or "latest", kw["source_hostname"] or hostname, kw["wait_timeout"],
+        with open_objects(kw["objects"], kw["kubeconfig"]) as (source, _):
+            storage, drv = _flags_storage_and_driver(source, kw)
+        _restore(drv, storage, kw["snapshot"] or "latest", kw["source_hostname"] or hostname, _wait(kw),
                  kw["lock_wait"])
 
     _run_host(kw["output_dir"], kw["appbinding"], hostname, work)
+
+
+@cli.command("update-status")
+@_stash_flags
+@click.option("--backupsession", default="", help="The BackupSession to report the output to.")
+@click.option("--restoresession", default="", help="The RestoreSession to report the output to.")
+@click.option("--repository", default="", help="Repository for the post-backup actions (default: the invoker's).")
+@click.option("--scratch-dir", default=None, hidden=True)
+@_lock_options
+@_report_options
+def update_status(**kw) -> None:
+    """Stash's second Task step: report output.json from --output-dir to the session (status, Events, metrics)
+    and, once per BackupSession, run the post-backup actions (retention, integrity check, repository figures)."""
+    if bool(kw["backupsession"]) == bool(kw["restoresession"]):
+        raise BadInput("update-status: give one of --backupsession or --restoresession")
+    if not kw["output_dir"]:
+        raise BadInput("--output-dir is missing (where the backup/restore step wrote output.json)")
+    with open_objects(kw["objects"], kw["kubeconfig"]) as (source, cluster):
+        rep = _reporting(source, cluster, kw)
+        if kw["backupsession"]:
+            hosts = update_backup_status(rep, kw["namespace"], kw["backupsession"], UpdateStatusSettings(
+                kw["output_dir"], kw["target_name"], kw["target_kind"], kw["lock_wait"]), _session_storage(source, kw))
+        else:
+            hosts = update_restore_status(rep, kw["namespace"], kw["restoresession"], kw["output_dir"])
+    failed = [h for h in hosts if h.phase != "Succeeded"]
+    if failed:
+        raise RunnerError(f"host {failed[0].hostname} failed: {failed[0].error or 'no reason given'}")
 
 
 @cli.command()
@@ -363,9 +532,9 @@ def restore_pg(**kw) -> None:
 @click.option("--host", "host", default="", help="Only snapshots of this host.")
 @click.option("--json", "as_json", is_flag=True, help="Print restic's JSON (as `restic snapshots --json`).")
 @_storage_options
-def snapshots(objects, namespace, repository, host, as_json, backend_retries, backend_timeout) -> None:
+def snapshots(objects, namespace, kubeconfig, repository, host, as_json, backend_retries, backend_timeout) -> None:
     """List the snapshots of a repository."""
-    with _opened(objects, namespace, repository, backend_retries, backend_timeout) as repo:
+    with _opened(objects, namespace, repository, backend_retries, backend_timeout, kubeconfig) as repo:
         snaps = [s for s in repo.list_snapshots() if not host or s.hostname == host]
     if as_json:
         click.echo(json.dumps([s.summary_json() for s in snaps]))
@@ -384,9 +553,9 @@ def snapshots(objects, namespace, repository, host, as_json, backend_retries, ba
 @click.argument("snapshot")
 @click.argument("path", required=False)
 @_storage_options
-def dump(objects, namespace, repository, host, snapshot, path, backend_retries, backend_timeout) -> None:
+def dump(objects, namespace, kubeconfig, repository, host, snapshot, path, backend_retries, backend_timeout) -> None:
     """Write a file of a snapshot to stdout (the snapshot's only file when PATH is not given)."""
-    with _opened(objects, namespace, repository, backend_retries, backend_timeout) as repo:
+    with _opened(objects, namespace, repository, backend_retries, backend_timeout, kubeconfig) as repo:
         repo.load_index()
         snap = repo.find_snapshot(snapshot, hostname=host or None)
         _, node = find_file(repo, snap, path)
@@ -427,7 +596,7 @@ def _prune_options(f: Callable) -> Callable:
 @click.option("--json", "as_json", is_flag=True, help="Print restic's `forget --json` output.")
 @_prune_options
 @_storage_options
-def forget(objects, namespace, repository, keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly,
+def forget(objects, namespace, kubeconfig, repository, keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly,
            keep_yearly, keep_within, keep_within_hourly, keep_within_daily, keep_within_weekly,
            keep_within_monthly, keep_within_yearly, keep_tags, hosts, tag_filter, path_filter, group_by,
            dry_run, prune, as_json, max_unused, max_repack_size, backend_retries, backend_timeout) -> None:
@@ -437,7 +606,7 @@ def forget(objects, namespace, repository, keep_last, keep_hourly, keep_daily, k
                     within_hourly=keep_within_hourly, within_daily=keep_within_daily,
                     within_weekly=keep_within_weekly, within_monthly=keep_within_monthly,
                     within_yearly=keep_within_yearly)
-    with _opened(objects, namespace, repository, backend_retries, backend_timeout) as repo:
+    with _opened(objects, namespace, repository, backend_retries, backend_timeout, kubeconfig) as repo:
         outcome = apply_retention(repo, policy, prune=prune, dry_run=dry_run, group_by=group_by,
                                   hosts=list(hosts) or None, tag_filter=tag_filter, path_filter=path_filter,
                                   max_unused=max_unused, max_repack_size=max_repack_size)
@@ -453,10 +622,10 @@ def forget(objects, namespace, repository, keep_last, keep_hourly, keep_daily, k
 @click.option("--dry-run", is_flag=True, help="Only print what would be removed.")
 @_prune_options
 @_storage_options
-def prune(objects, namespace, repository, dry_run, max_unused, max_repack_size, backend_retries,
+def prune(objects, namespace, kubeconfig, repository, dry_run, max_unused, max_repack_size, backend_retries,
           backend_timeout) -> None:
     """Delete data no snapshot needs: unused packs go, mostly unused packs are repacked (exclusive lock)."""
-    with _opened(objects, namespace, repository, backend_retries, backend_timeout) as repo:
+    with _opened(objects, namespace, repository, backend_retries, backend_timeout, kubeconfig) as repo:
         result = run_prune(repo, dry_run=dry_run, max_unused=max_unused, max_repack_size=max_repack_size,
                            progress=log.debug)
     click.echo("\n".join(result.stats_lines()))
@@ -474,12 +643,12 @@ def prune(objects, namespace, repository, dry_run, max_unused, max_repack_size, 
 @click.option("--no-lock", is_flag=True, help="Do not lock the repository.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @_storage_options
-def check(objects, namespace, repository, read_data, read_data_subset, no_lock, as_json, backend_retries,
+def check(objects, namespace, kubeconfig, repository, read_data, read_data_subset, no_lock, as_json, backend_retries,
           backend_timeout) -> None:
     """Verify the repository's structure (and with --read-data its contents); exit 4 if damaged."""
     if read_data_subset:
         parse_subset(read_data_subset)  # a bad value fails before anything is opened
-    with _opened(objects, namespace, repository, backend_retries, backend_timeout) as repo:
+    with _opened(objects, namespace, repository, backend_retries, backend_timeout, kubeconfig) as repo:
         result = run_check(repo, read_data=read_data, subset=read_data_subset or None, lock=not no_lock)
         location = repo.backend.location
     if as_json:
@@ -500,9 +669,9 @@ def check(objects, namespace, repository, read_data, read_data_subset, no_lock, 
 @click.option("--repository", required=True, help="Repository to unlock.")
 @click.option("--remove-all", is_flag=True, help="Remove every lock, also live ones.")
 @_storage_options
-def unlock(objects, namespace, repository, remove_all, backend_retries, backend_timeout) -> None:
+def unlock(objects, namespace, kubeconfig, repository, remove_all, backend_retries, backend_timeout) -> None:
     """Remove stale locks: not refreshed for 30 minutes, or held by a process gone from this host."""
-    with _opened(objects, namespace, repository, backend_retries, backend_timeout) as repo:
+    with _opened(objects, namespace, repository, backend_retries, backend_timeout, kubeconfig) as repo:
         removed, kept = remove_locks(repo, remove_all=remove_all)
     for lock in removed:
         click.echo(f"removed {lock.describe()}")
@@ -516,9 +685,9 @@ def unlock(objects, namespace, repository, remove_all, backend_retries, backend_
 @click.option("--repository", required=True, help="Repository to measure.")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
 @_storage_options
-def stats(objects, namespace, repository, as_json, backend_retries, backend_timeout) -> None:
+def stats(objects, namespace, kubeconfig, repository, as_json, backend_retries, backend_timeout) -> None:
     """Sizes and counts of a repository (what Stash puts in Repository status)."""
-    with _opened(objects, namespace, repository, backend_retries, backend_timeout) as repo:
+    with _opened(objects, namespace, repository, backend_retries, backend_timeout, kubeconfig) as repo:
         st = run_stats(repo)
     if as_json:
         click.echo(json.dumps(st.json()))
@@ -558,7 +727,7 @@ def main(argv: list[str] | None = None) -> int:
         return e.exit_code
     except Interrupted as e:
         click.echo(f"stash-runner: error: {e}", err=True)
-        return Interrupted.exit_code
+        return e.exit_code
     except KeyboardInterrupt:
         click.echo("stash-runner: error: interrupted", err=True)
         return 130

@@ -57,7 +57,25 @@ class SnapshotNotFound(RunnerError):
     exit_code = 7
 
 
+class ClusterError(RunnerError):
+    """The Kubernetes API server is unreachable or answered with an error we cannot act on."""
+
+    exit_code = 9
+
+
+class ClusterAccessDenied(ClusterError):
+    """The API server refused the credentials (401) or the service account lacks an RBAC permission (403)."""
+
+    exit_code = 10
+
+
 class Interrupted(BaseException):
     """Raised in the main thread on SIGTERM so that cleanup runs as for Ctrl-C."""
 
     exit_code = 143
+
+
+class TimedOut(Interrupted):
+    """The invoker's spec.timeOut passed: the run is stopped as for SIGTERM, with its own exit code."""
+
+    exit_code = 124

@@ -5,8 +5,10 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from .check import run_check
+from .errors import IntegrityError, RunnerError
 from .forget import ForgetResult, run_forget
 from .lock import RepositoryLock
 from .prune import PruneResult, run_prune
@@ -47,6 +49,8 @@ class PostBackup:
     retention: RetentionOutcome | None = None
     stats: RepoStats | None = None
     integrity: bool | None = None
+    #: action ("retention", "check", "stats") -> why it failed; the other actions still ran
+    errors: dict[str, RunnerError] = field(default_factory=dict)
 
     @property
     def snapshots_removed(self) -> int:
@@ -65,16 +69,42 @@ class PostBackup:
 
 
 def post_backup(repo: Repository, policy: Policy, *, prune: bool = False, dry_run: bool = False,
-                lock_wait: float = 0.0) -> PostBackup:
-    """Retention when a policy is given, then the repository's size and snapshot count."""
+                lock_wait: float = 0.0, verify: bool = False) -> PostBackup:
+    """Retention when a policy is given, an integrity check with ``verify``, then the repository's size
+    and snapshot count. A failing action is recorded in ``errors`` and the others still run, so that
+    each gets its own verdict (Stash's one condition per action)."""
     outcome = PostBackup()
+    try:
+        # Other hosts of the session may have written since this run read the index: their snapshots'
+        # trees are in index files this process has not seen.
+        repo.load_index()
+    except RunnerError as e:
+        outcome.errors.update(retention=e, check=e, stats=e)
+        return outcome
     if not policy.empty():
-        outcome.retention = apply_retention(repo, policy, prune=prune, dry_run=dry_run, lock_wait=lock_wait)
-        f = outcome.retention.forget
-        verb = "would remove" if dry_run else "removed"
-        log.info("retention (%s): %s %d snapshot(s), kept %d", policy, verb, len(f.to_remove),
-                 sum(len(g.keep) for g in f.groups))
-        if outcome.retention.prune is not None:
-            log.info("%s", outcome.retention.prune.summary())
-    outcome.stats = run_stats(repo)
+        try:
+            outcome.retention = apply_retention(repo, policy, prune=prune, dry_run=dry_run, lock_wait=lock_wait)
+        except RunnerError as e:
+            outcome.errors["retention"] = e
+        else:
+            f = outcome.retention.forget
+            verb = "would remove" if dry_run else "removed"
+            log.info("retention (%s): %s %d snapshot(s), kept %d", policy, verb, len(f.to_remove),
+                     sum(len(g.keep) for g in f.groups))
+            if outcome.retention.prune is not None:
+                log.info("%s", outcome.retention.prune.summary())
+    if verify:
+        try:
+            checked = run_check(repo, read_data=False)
+        except RunnerError as e:
+            outcome.errors["check"] = e
+        else:
+            outcome.integrity = checked.ok
+            if not checked.ok:
+                outcome.errors["check"] = IntegrityError(
+                    f"check found {len(checked.errors)} error(s), the first: {checked.errors[0]}")
+    try:
+        outcome.stats = run_stats(repo)
+    except RunnerError as e:
+        outcome.errors["stats"] = e
     return outcome

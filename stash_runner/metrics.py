@@ -133,6 +133,13 @@ class Target:
     def app_binding(cls, name: str, app_type: str | None) -> Target:
         return cls("AppBinding", name, "appcatalog.appscode.com/v1alpha1", app_type)
 
+    @classmethod
+    def from_ref(cls, ref: Mapping, app_type: str | None = None) -> Target:
+        """From a status ``ref`` ({apiVersion, kind, name}); ``app_type`` is an AppBinding's spec.type."""
+        if ref.get("kind") == "AppBinding":
+            return cls.app_binding(str(ref.get("name")), app_type)
+        return cls(str(ref.get("kind")), str(ref.get("name")), str(ref.get("apiVersion") or ""))
+
     def labels(self) -> dict[str, str]:
         """Stash's targetLabels."""
         out: dict[str, str] = {}

@@ -6,10 +6,13 @@ import json
 import os
 from dataclasses import dataclass, field
 
-from .timefmt import go_duration
-from .units import stash_bytes, stash_seconds
+from .errors import BadInput
+from .timefmt import go_duration, parse_go_duration
+from .units import parse_stash_bytes, parse_stash_seconds, stash_bytes, stash_seconds
 
 OUTPUT_FILE = "output.json"
+#: output.json's marker for "the session's status is written already"
+REPORTED = "statusReported"
 APPBINDING_REF = {"apiVersion": "appcatalog.appscode.com/v1alpha1", "kind": "AppBinding"}
 
 
@@ -40,6 +43,17 @@ class SnapshotStats:
             },
         }
 
+    @classmethod
+    def from_json(cls, d: dict) -> SnapshotStats:
+        fs = d.get("fileStats") or {}
+        return cls(name=str(d.get("name") or ""), path=str(d.get("path") or ""),
+                   total_size=parse_stash_bytes(d.get("totalSize") or "0 B"),
+                   uploaded=parse_stash_bytes(d.get("uploaded") or "0 B"),
+                   processing_seconds=parse_stash_seconds(d.get("processingTime") or "0:00"),
+                   total_files=int(fs.get("totalFiles") or 0), new_files=int(fs.get("newFiles") or 0),
+                   modified_files=int(fs.get("modifiedFiles") or 0),
+                   unmodified_files=int(fs.get("unmodifiedFiles") or 0))
+
 
 @dataclass
 class HostResult:
@@ -58,13 +72,27 @@ class HostResult:
             d["error"] = self.error
         return d
 
+    @classmethod
+    def from_json(cls, d: dict) -> HostResult:
+        return cls(hostname=str(d.get("hostname") or ""), phase=str(d.get("phase") or "Failed"),
+                   duration_seconds=parse_go_duration(str(d.get("duration") or "0s")),
+                   error=str(d.get("error") or ""),
+                   snapshots=[SnapshotStats.from_json(s) for s in d.get("snapshots") or []])
 
-def write_output(output_dir: str, target_name: str, host: HostResult, repository: dict | None = None) -> str:
+
+def write_output(output_dir: str, target_name: str, host: HostResult, repository: dict | None = None, *,
+                 reported: bool = False, ref: dict | None = None) -> str:
     """Write ``output.json`` as Stash does: {"targetStatus": {"ref": ..., "stats": [host]}}, plus
-    {"repository": {integrity, size, snapshotCount, snapshotsRemovedOnLastCleanup}} after post-backup actions."""
-    doc: dict = {"targetStatus": {"ref": {**APPBINDING_REF, "name": target_name}, "stats": [host.to_json()]}}
+    {"repository": {integrity, size, snapshotCount, snapshotsRemovedOnLastCleanup}} after post-backup actions.
+
+    ``reported``: this run already wrote the session's status, so an update-status step after it has
+    nothing left to do (Stash ignores the extra field).
+    """
+    doc: dict = {"targetStatus": {"ref": ref or {**APPBINDING_REF, "name": target_name}, "stats": [host.to_json()]}}
     if repository is not None:
         doc["repository"] = repository
+    if reported:
+        doc[REPORTED] = True
     os.makedirs(output_dir, exist_ok=True)
     path = os.path.join(output_dir, OUTPUT_FILE)
     tmp = path + ".tmp"
@@ -74,3 +102,19 @@ def write_output(output_dir: str, target_name: str, host: HostResult, repository
     os.chmod(tmp, 0o666)
     os.replace(tmp, path)
     return path
+
+
+def read_output(output_dir: str) -> dict:
+    """``output.json`` of a backup or restore step (ours or Stash's image's)."""
+    path = os.path.join(output_dir, OUTPUT_FILE)
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = json.load(f)
+    except FileNotFoundError:
+        raise BadInput(f"--output-dir {output_dir}: no {OUTPUT_FILE} (did the backup/restore step run?)") from None
+    except (OSError, ValueError) as e:
+        raise BadInput(f"--output-dir {output_dir}: {OUTPUT_FILE} cannot be read: {e}") from None
+    stats = (doc.get("targetStatus") or {}).get("stats") if isinstance(doc, dict) else None
+    if not isinstance(stats, list):
+        raise BadInput(f"--output-dir {output_dir}: {OUTPUT_FILE}: targetStatus.stats is missing")
+    return doc

@@ -153,12 +153,15 @@ class Repository:
     # -- index --------------------------------------------------------------------------------
 
     def load_index(self) -> None:
+        """Read the index afresh (replacing what was loaded before: other writers may have added to it)."""
         names = [name for name, _ in self.list_files(FileType.INDEX)]
         loaded = self._parallel(lambda n: (n, self.load_unpacked(FileType.INDEX, n)), names)
         superseded = {s for _, obj in loaded for s in obj.get("supersedes") or []}
+        fresh = Index()
         for name, obj in loaded:
             if name not in superseded:
-                self.index.add_index_json(obj)
+                fresh.add_index_json(obj)
+        self.index = fresh
 
     def save_index(self, packs: list[tuple[bytes, list[PackedBlob]]]) -> int:
         """Write index files for packs; returns the bytes stored."""

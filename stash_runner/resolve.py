@@ -5,6 +5,8 @@ Everything here only reads: a missing object, field or key fails before anything
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 from backends import Backend, open_backend
@@ -13,6 +15,7 @@ from drivers.base import Driver
 from drivers.postgres import Connection, PostgresDriver
 
 from .errors import BadInput
+from .kube import Cluster
 from .objects import PROVIDERS, AppBinding, BackendSpec, FileSource, ObjectSource, Repository, Secret
 
 
@@ -22,26 +25,44 @@ def object_source(paths: tuple[str, ...] | list[str]) -> ObjectSource:
     return FileSource(list(paths))
 
 
+@contextlib.contextmanager
+def open_objects(paths: tuple[str, ...] | list[str], kubeconfig: str = "",
+                 environ: Mapping[str, str] | None = None) -> Iterator[tuple[ObjectSource, Cluster | None]]:
+    """The objects' source, and the cluster to report to: ``--objects`` files (offline, nothing to report
+    to), else the Kubernetes API (in-cluster, ``--kubeconfig`` or ``KUBECONFIG``)."""
+    if paths:
+        yield FileSource(list(paths)), None
+        return
+    cluster = Cluster.connect(kubeconfig, environ=environ)
+    try:
+        yield cluster, cluster
+    finally:
+        cluster.close()
+
+
 @dataclass(frozen=True)
 class Storage:
     backend: Backend
     password: str = field(repr=False)
     where: str = ""
+    #: the Repository it was opened from (named, or made of Stash's flags), for status and metrics
+    repository: Repository | None = None
 
     def close(self) -> None:
         self.backend.close()
 
 
-def _storage(spec: BackendSpec, secret: Secret, where: str, policy: RetryPolicy | None) -> Storage:
+def _storage(spec: BackendSpec, secret: Secret, where: str, policy: RetryPolicy | None,
+             repository: Repository | None = None) -> Storage:
     password = secret.get("RESTIC_PASSWORD")
-    return Storage(open_backend(spec, secret, where, policy), password, where)
+    return Storage(open_backend(spec, secret, where, policy), password, where, repository)
 
 
 def storage_from_repository(source: ObjectSource, namespace: str, name: str,
                             policy: RetryPolicy | None = None) -> Storage:
     repo = Repository.from_object(source.get("Repository", namespace, name), namespace)
     secret = Secret.from_object(source.get("Secret", repo.namespace, repo.storage_secret_name), repo.namespace)
-    return _storage(repo.backend, secret, repo.ref, policy)
+    return _storage(repo.backend, secret, repo.ref, policy, repo)
 
 
 def storage_from_flags(
@@ -58,6 +79,8 @@ def storage_from_flags(
     max_connections: int = 0,
     insecure_tls: bool = False,
     policy: RetryPolicy | None = None,
+    repository_name: str = "",
+    namespace: str = "",
 ) -> Storage:
     """Stash's addon flags: --provider --bucket --path ... with the secret by name or mounted."""
     if not provider:
@@ -76,7 +99,9 @@ def storage_from_flags(
         raise BadInput("--storage-secret-name (or --secret-dir) is missing")
     if provider == "local" and not bucket and path:
         spec = BackendSpec(provider, bucket=path)  # Stash's local flags put the mount path in --path
-    return _storage(spec, secret, f"--provider {provider}", policy)
+    repo = Repository(namespace or secret_namespace or "default", repository_name or spec.bucket, spec,
+                      secret_name) if repository_name or namespace else None
+    return _storage(spec, secret, f"--provider {provider}", policy, repo)
 
 
 @dataclass

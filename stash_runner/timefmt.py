@@ -45,3 +45,27 @@ def go_duration(seconds: float) -> str:
     if h >= 1 or m >= 1:
         out += f"{int(m)}m"
     return out + (f"{s:.9f}".rstrip("0").rstrip(".") or "0") + "s"
+
+
+_GO_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+_GO_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_go_duration(s: str) -> float:
+    """Seconds of a Go duration string ("2h30m", "90s", "1.5h"), as Stash's ``timeOut`` fields carry them.
+
+    Raises ValueError for anything Go's time.ParseDuration would refuse (also a sign: a timeout is positive).
+    """
+    text = s.strip()
+    if text == "0":
+        return 0.0
+    pos, total = 0, 0.0
+    while pos < len(text):
+        m = _GO_DURATION_PART.match(text, pos)
+        if not m:
+            raise ValueError(f"invalid duration {s!r} (e.g. 30m, 2h, 1h30m)")
+        total += float(m.group(1)) * _GO_UNITS[m.group(2)]
+        pos = m.end()
+    if not text:
+        raise ValueError("empty duration")
+    return total

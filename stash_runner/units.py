@@ -17,5 +17,29 @@ def stash_seconds(sec: float) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
+_UNITS = {"B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40}
+
+
+def parse_stash_bytes(s: str) -> int:
+    """The inverse of stash_bytes ("3.408 MiB" -> bytes), for output.json files Stash's images wrote."""
+    number, _, unit = str(s).strip().partition(" ")
+    try:
+        return round(float(number) * _UNITS[unit or "B"])
+    except (KeyError, ValueError):
+        raise ValueError(f"not a size: {s!r}") from None
+
+
+def parse_stash_seconds(s: str) -> float:
+    """The inverse of stash_seconds ("1:05" or "1:02:05")."""
+    try:
+        parts = [int(p) for p in str(s).strip().split(":")]
+    except ValueError:
+        raise ValueError(f"not a processing time: {s!r}") from None
+    total = 0
+    for p in parts:
+        total = total * 60 + p
+    return float(total)
+
+
 def rate(nbytes: int, seconds: float) -> str:
     return f"{nbytes / seconds / 1e6:.1f} MB/s" if seconds > 0 else "-"

@@ -1,6 +1,7 @@
 """A small Kubernetes API server for tests: real HTTP, real REST semantics, no cluster needed.
 
-The official ``kubernetes`` Python client talks to it like to a kube-apiserver (plain ``http://``)::
+The official ``kubernetes`` Python client talks to it like to a kube-apiserver (plain ``http://``, or ``https://``
+with ``KubeAPIServer(tls=(cert_file, key_file))``, as in-cluster config needs)::
 
     with KubeAPIServer() as server:
         server.seed({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s", "namespace": "demo"}})
@@ -65,6 +66,7 @@ import random
 import re
 import signal
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -433,7 +435,10 @@ def _now() -> str:
 
 
 class KubeAPIServer:
-    def __init__(self, resources: Iterable[Resource] = RESOURCES, *, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, resources: Iterable[Resource] = RESOURCES, *, host: str = "127.0.0.1", port: int = 0,
+                 tls: tuple[str, str] | None = None) -> None:
+        """``tls``: (certificate file, key file) to serve HTTPS; the certificate must cover ``host`` (see
+        ``tests.servers.self_signed_cert``)."""
         self.resources: dict[tuple[str, str, str], Resource] = {}
         for rt in resources:
             self.resources[(rt.group, rt.version, rt.plural)] = rt
@@ -445,6 +450,7 @@ class KubeAPIServer:
         self._conflicts: dict[tuple[str, str, str, str], int] = {}
         self._failures: list[list[Any]] = []  # [remaining, code, method, path_contains]
         self._host, self._port = host, port
+        self.tls = tls
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -452,6 +458,10 @@ class KubeAPIServer:
 
     def start(self) -> KubeAPIServer:
         self._httpd = _HTTPServer((self._host, self._port), _Handler)
+        if self.tls:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(*self.tls)
+            self._httpd.ssl_context = ctx
         self._httpd.api = self
         # a short poll interval: stop() waits for it, and tests start one server each
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
@@ -479,13 +489,16 @@ class KubeAPIServer:
     def url(self) -> str:
         assert self._httpd is not None, "not started"
         host, port = self._httpd.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"{'https' if self.tls else 'http'}://{host}:{port}"
 
     def kubeconfig(self, path: str, token: str | None = None, namespace: str = "default") -> str:
         """Write a kubeconfig pointing at this server (JSON, which is YAML); returns ``path``."""
         user: JSON = {"token": token} if token else {"username": "admin"}
+        cluster: JSON = {"server": self.url}
+        if self.tls:
+            cluster["certificate-authority"] = self.tls[0]  # self-signed: the certificate is its own CA
         cfg = {"apiVersion": "v1", "kind": "Config", "preferences": {},
-               "clusters": [{"name": "kubeapi", "cluster": {"server": self.url}}],
+               "clusters": [{"name": "kubeapi", "cluster": cluster}],
                "users": [{"name": "kubeapi-user", "user": user}],
                "contexts": [{"name": "kubeapi", "context": {"cluster": "kubeapi", "user": "kubeapi-user",
                                                             "namespace": namespace}}],
@@ -1086,11 +1099,27 @@ class KubeAPIServer:
 class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     api: KubeAPIServer
+    ssl_context: ssl.SSLContext | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._conns: set[socket.socket] = set()
         self._conns_lock = threading.Lock()
         super().__init__(*args, **kwargs)
+
+    def get_request(self) -> tuple[Any, Any]:
+        sock, addr = super().get_request()
+        if self.ssl_context is not None:
+            # The handshake waits for the connection's own thread (finish_request): a client that connects and
+            # never speaks TLS must not stall the accept loop.
+            sock = self.ssl_context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        return sock, addr
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        if isinstance(request, ssl.SSLSocket):
+            request.settimeout(10)
+            request.do_handshake()  # a failed handshake (a client that distrusts the CA) ends here: handle_error
+            request.settimeout(None)
+        super().finish_request(request, client_address)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         with self._conns_lock:

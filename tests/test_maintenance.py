@@ -157,3 +157,24 @@ def test_backup_waits_for_a_live_exclusive_lock_then_fails_naming_it(source_pg, 
     threading.Timer(2.0, lock.release).start()
     backup(objects, "--lock-wait", "60")
     assert len(snapshot_ids(repo_dir)) == 2
+
+
+def test_post_backup_sees_what_other_hosts_wrote_after_this_run_read_the_index(tmp_path):
+    """Hosts of one session back up into one repository at once; the one that runs the post-backup
+    actions loaded the index before the others wrote theirs, and must still count their snapshots."""
+    from stash_runner.maintenance import post_backup
+    from stash_runner.retention import Policy
+
+    from .test_engine import backup_bytes, sample_bytes
+
+    path = str(tmp_path / "repo")
+    mine = Repository.init(LocalBackend(path), REPO_PASSWORD)
+    mine.load_index()
+    backup_bytes(mine, sample_bytes(300_000, seed=1), host="host-0")
+    other = Repository.open(LocalBackend(path), REPO_PASSWORD)
+    other.load_index()
+    backup_bytes(other, sample_bytes(300_000, seed=2), host="host-1")  # after `mine` read the index
+    post = post_backup(mine, Policy(last=5), verify=True)
+    assert post.errors == {}
+    assert post.integrity is True and post.stats.snapshots == 2
+    assert post.repository_json()["snapshotCount"] == 2

@@ -1,0 +1,341 @@
+"""Runs the operator starts: one host of a BackupSession or a RestoreSession, and Stash's update-status step.
+
+Everything else is resolved from the session: its invoker gives the target, the Repository, the retention
+policy, the Task params and the timeout; a RestoreSession gives the repository, the target and the rules.
+Once the session is read, every failure is reported (host and session Failed with the reason, an Event,
+the failure metrics) before the error is raised again for the exit code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import signal
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+
+from drivers.base import Driver
+
+from . import compression, metrics
+from .backup import BackupPlan, run_backup, snapshot_stats
+from .errors import BadInput, Interrupted, RunnerError, TimedOut
+from .maintenance import PostBackup, post_backup
+from .objects import ObjectSource
+from .output import REPORTED, HostResult, read_output, write_output
+from .reporting import BackupReporter, Pusher, RestoreReporter, StatusWriter
+from .repository import Repository
+from .resolve import DriverOptions, Storage, driver_for
+from .restore import RestorePlan, run_restore
+from .sessions import BackupInvoker, BackupTarget, Retention, read_backup_session, read_restore_session
+from .status import SUCCEEDED
+from .timefmt import go_duration
+from .units import rate, stash_bytes
+
+log = logging.getLogger("stash_runner")
+
+#: (namespace, Repository name) -> the opened storage; its ``repository`` must be set (status and metrics name it)
+StorageOpener = Callable[[str, str], Storage]
+
+
+@dataclass
+class Reporting:
+    """What every session run shares: where objects come from, where status goes, where metrics go."""
+
+    source: ObjectSource
+    writer: StatusWriter | None = None
+    metrics_url: str | None = None
+    job_name: str = ""  # Stash's --prom-job-name; default <lower(invokerKind)>-<namespace>-<invokerName>
+    user_labels: Mapping[str, str] = field(default_factory=dict)
+
+    def pusher(self, kind: str, name: str, namespace: str, repository: str = "") -> Pusher:
+        return Pusher(self.metrics_url, metrics.Invoker(kind, name, namespace, repository, dict(self.user_labels)),
+                      self.job_name)
+
+
+@contextlib.contextmanager
+def deadline(seconds: float | None, what: str) -> Iterator[None]:
+    """Stop the run as for SIGTERM (cleanup runs) once ``seconds`` have passed: Stash's ``timeOut``."""
+    if not seconds:
+        yield
+        return
+
+    def fire(signum: int, frame: object) -> None:
+        raise TimedOut(f"{what}: timed out after {go_duration(seconds)}")
+
+    previous = signal.signal(signal.SIGALRM, fire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@dataclass
+class BackupSettings:
+    hostname: str = "host-0"
+    target_name: str = ""  # which target of the invoker (Stash's TARGET_NAME); "" for the only one
+    driver: DriverOptions = field(default_factory=DriverOptions)
+    wait_timeout: float | None = None  # None: the Task's waitTimeout param, else 300 s
+    compression_level: int = compression.DEFAULT_LEVEL
+    workers: int | None = None
+    lock_wait: float = 300.0
+    tags: list[str] = field(default_factory=list)
+    retention: Retention | None = None  # None: the invoker's retentionPolicy
+    output_dir: str = ""
+
+
+def _driver_options(opts: DriverOptions, params: Mapping[str, str]) -> DriverOptions:
+    """The Task's params (as the operator would put them into the Function's args) where no flag says."""
+    backup_cmd = params.get("backupCMD") or params.get("backupCmd") or ""
+    return dataclasses.replace(
+        opts,
+        backup_cmd=opts.backup_cmd if opts.backup_cmd not in ("", "pg_dumpall") or not backup_cmd else backup_cmd,
+        pg_args=opts.pg_args or params.get("args", ""),
+        user=opts.user or params.get("user", ""),
+    )
+
+
+def _wait_timeout(flag: float | None, params: Mapping[str, str], ref: str) -> float:
+    if flag is not None:
+        return flag
+    value = params.get("waitTimeout")
+    if not value:
+        return 300.0
+    try:
+        return float(value)
+    except ValueError:
+        raise BadInput(f"{ref}: task param waitTimeout {value!r} is not a number of seconds") from None
+
+
+def _app_type(source: ObjectSource, target: BackupTarget, namespace: str) -> str | None:
+    if target.ref.kind != "AppBinding":
+        return None
+    try:
+        return str((source.get("AppBinding", target.ref.namespace or namespace, target.ref.name).get("spec") or {})
+                   .get("type") or "")
+    except BadInput:
+        return None  # the driver's lookup names the missing AppBinding; metrics then carry no app labels
+
+
+def backup_session(rep: Reporting, namespace: str, name: str, settings: BackupSettings,
+                   open_storage: StorageOpener) -> HostResult:
+    """Back up this host's target of a BackupSession and report it; raises after reporting a failure."""
+    session = read_backup_session(rep.source, namespace, name)
+    reporter = BackupReporter(rep.writer, session, rep.pusher(session.invoker_kind, session.invoker_name, namespace))
+    started = time.monotonic()
+    reported = False
+    try:
+        invoker = session.invoker(rep.source)
+        reporter.pusher.invoker = dataclasses.replace(reporter.pusher.invoker, repository=invoker.repository)
+        if settings.target_name:
+            target = invoker.target(settings.target_name)
+        elif len(invoker.targets) == 1:
+            target = invoker.targets[0]
+        else:
+            target = invoker.target()  # raises: which one?
+        reporter.set_target(target.ref, app_type=_app_type(rep.source, target, namespace),
+                            expected_targets=len(invoker.targets))
+        reporter.started()
+        with deadline(invoker.timeout, f"{invoker.ref}: spec.timeOut"):
+            host, outcome, storage = _backup_target(rep.source, invoker, target, settings, open_storage, started)
+            try:
+                if settings.output_dir:
+                    write_output(settings.output_dir, target.ref.name, host, reported=rep.writer is not None,
+                                 ref=target.ref.json())
+                run_post = reporter.host_done(host, initialized=outcome.initialized)
+                reported = True
+                if run_post:
+                    _post_backup(reporter, invoker, settings, outcome.repo, storage)
+            finally:
+                storage.close()
+        return host
+    except (RunnerError, Interrupted, KeyboardInterrupt) as e:
+        if not reported:
+            reporter.fail(settings.hostname, e, time.monotonic() - started)
+            if settings.output_dir and reporter.target_ref is not None:
+                write_output(settings.output_dir, reporter.target_ref["name"],
+                             HostResult(settings.hostname, "Failed", time.monotonic() - started,
+                                        " ".join(str(e).split()) or type(e).__name__),
+                             reported=rep.writer is not None, ref=reporter.target_ref)
+        raise
+
+
+def _backup_target(source: ObjectSource, invoker: BackupInvoker, target: BackupTarget, settings: BackupSettings,
+                   open_storage: StorageOpener, started: float):
+    drv: Driver | None = None
+    storage = open_storage(invoker.repository_namespace, invoker.repository)
+    try:
+        opts = _driver_options(settings.driver, target.params)
+        drv = driver_for(source, target.ref.namespace or invoker.namespace, target.ref.name, opts)
+        plan = BackupPlan(driver=drv, backend=storage.backend, password=storage.password,
+                          hostname=settings.hostname, tags=settings.tags,
+                          wait_timeout=_wait_timeout(settings.wait_timeout, target.params, invoker.ref),
+                          compression_level=settings.compression_level, workers=settings.workers,
+                          lock_wait=settings.lock_wait)
+        outcome = run_backup(plan)
+    except BaseException:
+        storage.close()
+        raise
+    finally:
+        if drv is not None:
+            drv.close()
+    result = outcome.result
+    st = result.stats
+    log.info("snapshot %s saved for %s: %s read, %s stored, %.1f s (%s)", result.snapshot.short_id,
+             settings.hostname, stash_bytes(st.bytes_read), stash_bytes(st.bytes_stored), st.elapsed,
+             rate(st.bytes_read, st.elapsed))
+    host = HostResult(settings.hostname, SUCCEEDED, time.monotonic() - started, snapshots=[snapshot_stats(result)])
+    return host, outcome, storage
+
+
+def _post_backup(reporter: BackupReporter, invoker: BackupInvoker, settings: BackupSettings, repo: Repository,
+                 storage: Storage) -> None:
+    """Retention, integrity check and repository figures, once per session; a failure fails the run."""
+    retention = settings.retention or invoker.retention
+    repository = storage.repository
+    assert repository is not None, "the StorageOpener names the Repository"
+    try:
+        post = post_backup(repo, retention.policy, prune=retention.prune, dry_run=retention.dry_run,
+                           lock_wait=settings.lock_wait, verify=True)
+    except (Interrupted, KeyboardInterrupt) as e:
+        # Interrupted mid-way: the session must still end (Failed), not stay Running.
+        post = PostBackup(errors={"retention": RunnerError(f"interrupted: {e}")})
+        reporter.post_backup_done(post, repository)
+        raise
+    reporter.post_backup_done(post, repository)
+    if post.errors:
+        first = next(iter(post.errors.values()))
+        raise type(first)("the snapshot was saved, but the post-backup actions failed: "
+                          + "; ".join(map(str, post.errors.values())))
+
+
+@dataclass
+class RestoreSettings:
+    hostname: str = "host-0"
+    snapshot: str = ""  # "" : from the session's rules, else latest
+    source_hostname: str = ""  # "" : from the session's rules, else this host
+    driver: DriverOptions = field(default_factory=DriverOptions)
+    wait_timeout: float | None = None
+    lock_wait: float = 300.0
+    output_dir: str = ""
+    appbinding: str = ""  # "" : the session's target
+
+
+def restore_session(rep: Reporting, namespace: str, name: str, settings: RestoreSettings,
+                    open_storage: StorageOpener) -> HostResult:
+    """Restore this host of a RestoreSession and report it; raises after reporting a failure."""
+    session = read_restore_session(rep.source, namespace, name)
+    target = session.target
+    app_type = None
+    if target is not None and target.kind == "AppBinding":
+        app_type = _app_type(rep.source, BackupTarget(target), namespace)
+    mtarget = metrics.Target.from_ref(target.json(), app_type) if target is not None else None
+    reporter = RestoreReporter(rep.writer, session, rep.pusher("RestoreSession", session.name, namespace,
+                                                               session.repository), mtarget)
+    started = time.monotonic()
+    appbinding = settings.appbinding or (target.name if target is not None else "")
+    try:
+        reporter.started()
+        if not appbinding:
+            raise BadInput(f"{session.ref}: spec.target.ref is missing (or give --appbinding)")
+        rule = session.rule_for(settings.hostname)
+        snapshot = settings.snapshot or (rule.snapshots[0] if rule.snapshots else "latest")
+        # Stash names snapshots "<repository>-<short id>"; the repository knows them by id
+        prefix = session.repository + "-"
+        if snapshot.startswith(prefix):
+            snapshot = snapshot[len(prefix):]
+        source_host = settings.source_hostname or rule.source_host or settings.hostname
+        with deadline(session.timeout, f"{session.ref}: spec.timeOut"):
+            storage = open_storage(session.repository_namespace, session.repository)
+            drv = None
+            try:
+                drv = driver_for(rep.source, (target.namespace if target else "") or namespace, appbinding,
+                                 _driver_options(settings.driver, session.params))
+                result = run_restore(RestorePlan(
+                    driver=drv, backend=storage.backend, password=storage.password, snapshot=snapshot,
+                    source_hostname=source_host, lock_wait=settings.lock_wait,
+                    wait_timeout=_wait_timeout(settings.wait_timeout, session.params, session.ref)))
+            finally:
+                if drv is not None:
+                    drv.close()
+                storage.close()
+        log.info("restored snapshot %s: %s in %.1f s (%s)", result.snapshot.short_id,
+                 stash_bytes(result.bytes_restored), result.seconds, rate(result.bytes_restored, result.seconds))
+        host = HostResult(settings.hostname, SUCCEEDED, time.monotonic() - started)
+        if settings.output_dir:
+            write_output(settings.output_dir, appbinding, host, reported=rep.writer is not None)
+        reporter.host_done(host)
+        return host
+    except (RunnerError, Interrupted, KeyboardInterrupt) as e:
+        duration = time.monotonic() - started
+        reporter.fail(settings.hostname, e, duration)
+        if settings.output_dir and appbinding:
+            write_output(settings.output_dir, appbinding, HostResult(settings.hostname, "Failed", duration,
+                                                                     " ".join(str(e).split())),
+                         reported=rep.writer is not None)
+        raise
+
+
+# -- update-status ---------------------------------------------------------------------------
+
+@dataclass
+class UpdateStatusSettings:
+    output_dir: str
+    target_name: str = ""
+    target_kind: str = ""
+    lock_wait: float = 300.0
+    retention: Retention | None = None
+
+
+def update_backup_status(rep: Reporting, namespace: str, name: str, settings: UpdateStatusSettings,
+                         open_storage: StorageOpener) -> list[HostResult]:
+    """Stash's update-status for a BackupSession: output.json's hosts into status, then (once per session)
+    the post-backup actions. Returns the hosts; the caller fails the run when one of them failed."""
+    doc = read_output(settings.output_dir)
+    hosts = [HostResult.from_json(h) for h in doc["targetStatus"]["stats"]]
+    if doc.get(REPORTED):
+        log.info("%s: the backup step already wrote the status; nothing to do", settings.output_dir)
+        return hosts
+    session = read_backup_session(rep.source, namespace, name)
+    reporter = BackupReporter(rep.writer, session, rep.pusher(session.invoker_kind, session.invoker_name, namespace))
+    invoker = session.invoker(rep.source)
+    reporter.pusher.invoker = dataclasses.replace(reporter.pusher.invoker, repository=invoker.repository)
+    ref_name = settings.target_name or ((doc["targetStatus"].get("ref") or {}).get("name") or "")
+    target = invoker.target(ref_name, settings.target_kind) if ref_name or len(invoker.targets) != 1 \
+        else invoker.targets[0]
+    reporter.set_target(target.ref, app_type=_app_type(rep.source, target, namespace),
+                        expected_targets=len(invoker.targets), total_hosts=max(1, len(hosts)))
+    run_post = False
+    for host in hosts:
+        run_post = reporter.host_done(host) or run_post
+    if run_post:
+        storage = open_storage(invoker.repository_namespace, invoker.repository)
+        try:
+            repo = Repository.open(storage.backend, storage.password)
+            repo.load_index()
+            _post_backup(reporter, invoker, dataclasses.replace(BackupSettings(), lock_wait=settings.lock_wait,
+                                                                retention=settings.retention), repo, storage)
+        finally:
+            storage.close()
+    return hosts
+
+
+def update_restore_status(rep: Reporting, namespace: str, name: str, output_dir: str) -> list[HostResult]:
+    """Stash's update-status for a RestoreSession: output.json's hosts into status."""
+    doc = read_output(output_dir)
+    hosts = [HostResult.from_json(h) for h in doc["targetStatus"]["stats"]]
+    if doc.get(REPORTED):
+        log.info("%s: the restore step already wrote the status; nothing to do", output_dir)
+        return hosts
+    session = read_restore_session(rep.source, namespace, name)
+    target = session.target
+    mtarget = metrics.Target.from_ref(target.json()) if target is not None else None
+    reporter = RestoreReporter(rep.writer, session, rep.pusher("RestoreSession", session.name, namespace,
+                                                               session.repository), mtarget,
+                               total_hosts=max(1, len(hosts)))
+    for host in hosts:
+        reporter.host_done(host)
+    return hosts

@@ -376,18 +376,23 @@ def backup(**kw) -> None:
     _require(kw, "appbinding", "repository")
 
     def work() -> tuple[SnapshotStats, dict | None]:
-        with open_objects(kw["objects"], kw["kubeconfig"]) as (source, _):
-            storage = storage_from_repository(source, kw["namespace"], kw["repository"],
-                                              _policy(kw["backend_retries"], kw["backend_timeout"]))
-            try:
-                drv = driver_for(source, kw["namespace"], kw["appbinding"], opts)
-            except BaseException:
-                storage.close()
-                raise
+        storage, drv = _named_storage_and_driver(kw, opts)
         return _backup(drv, storage, kw["hostname"], list(kw["tags"]), _wait(kw), kw["compression_level"],
                        kw["workers"], kw)
 
     _run_host(kw["output_dir"], kw["appbinding"], kw["hostname"], work)
+
+
+def _named_storage_and_driver(kw: dict, opts: DriverOptions):
+    """The --repository's storage and the --appbinding's driver (storage closed if the driver fails)."""
+    with open_objects(kw["objects"], kw["kubeconfig"]) as (source, _):
+        storage = storage_from_repository(source, kw["namespace"], kw["repository"],
+                                          _policy(kw["backend_retries"], kw["backend_timeout"]))
+        try:
+            return storage, driver_for(source, kw["namespace"], kw["appbinding"], opts)
+        except BaseException:
+            storage.close()
+            raise
 
 
 def _require(kw: dict, *names: str) -> None:
@@ -462,14 +467,7 @@ def restore(**kw) -> None:
     _require(kw, "appbinding", "repository")
 
     def work() -> None:
-        with open_objects(kw["objects"], kw["kubeconfig"]) as (source, _):
-            storage = storage_from_repository(source, kw["namespace"], kw["repository"],
-                                              _policy(kw["backend_retries"], kw["backend_timeout"]))
-            try:
-                drv = driver_for(source, kw["namespace"], kw["appbinding"], opts)
-            except BaseException:
-                storage.close()
-                raise
+        storage, drv = _named_storage_and_driver(kw, opts)
         _restore(drv, storage, kw["snapshot"], kw["source_hostname"] or kw["hostname"], _wait(kw), kw["lock_wait"])
 
     _run_host(kw["output_dir"], kw["appbinding"], kw["hostname"], work)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from drivers.base import Driver
 
 from . import compression, metrics
-from .backup import BackupPlan, run_backup, snapshot_stats
+from .backup import BackupOutcome, BackupPlan, run_backup, snapshot_stats
 from .errors import BadInput, Interrupted, RunnerError, TimedOut
 from .maintenance import PostBackup, post_backup
 from .objects import ObjectSource
@@ -164,7 +164,8 @@ def backup_session(rep: Reporting, namespace: str, name: str, settings: BackupSe
 
 
 def _backup_target(source: ObjectSource, invoker: BackupInvoker, target: BackupTarget, settings: BackupSettings,
-                   open_storage: StorageOpener, started: float):
+                   open_storage: StorageOpener, started: float) -> tuple[HostResult, BackupOutcome, Storage]:
+    """The dump into a snapshot; the storage stays open for the post-backup actions (the caller closes it)."""
     drv: Driver | None = None
     storage = open_storage(invoker.repository_namespace, invoker.repository)
     try:

@@ -87,7 +87,7 @@ def _first_line(e: Exception) -> str:
 # -- typed views ------------------------------------------------------------------------------
 
 
-def _dig(obj: dict, path: str, ref: str, required: bool = True, kind: type = object) -> Any:
+def field_at(obj: dict, path: str, ref: str, required: bool = True, kind: type = object) -> Any:
     """Follow a dotted field path; a missing required field is a BadInput naming object and path."""
     cur: Any = obj
     for part in path.split("."):
@@ -101,7 +101,7 @@ def _dig(obj: dict, path: str, ref: str, required: bool = True, kind: type = obj
     return cur
 
 
-def _meta(obj: dict, namespace: str) -> tuple[str, str]:
+def namespace_and_name(obj: dict, namespace: str) -> tuple[str, str]:
     meta = obj.get("metadata") or {}
     return meta.get("namespace") or namespace, meta["name"]
 
@@ -113,7 +113,7 @@ class Secret:
 
     @classmethod
     def from_object(cls, obj: dict, namespace: str) -> Secret:
-        ns, name = _meta(obj, namespace)
+        ns, name = namespace_and_name(obj, namespace)
         ref = f"Secret {ns}/{name}"
         data: dict[str, bytes] = {}
         for key, value in (obj.get("data") or {}).items():
@@ -172,9 +172,9 @@ class AppBinding:
 
     @classmethod
     def from_object(cls, obj: dict, namespace: str) -> AppBinding:
-        ns, name = _meta(obj, namespace)
+        ns, name = namespace_and_name(obj, namespace)
         ref = f"AppBinding {ns}/{name}"
-        cc = _dig(obj, "spec.clientConfig", ref, kind=dict)
+        cc = field_at(obj, "spec.clientConfig", ref, kind=dict)
         url = cc.get("url")
         service = cc.get("service")
         if url:
@@ -187,7 +187,7 @@ class AppBinding:
                 raise BadInput(f"{ref}: spec.clientConfig.url has no host")
             scheme, host, path, query = u.scheme, u.hostname, unquote(u.path), dict(parse_qsl(u.query))
         elif isinstance(service, dict):
-            svc_name = _dig(obj, "spec.clientConfig.service.name", ref)
+            svc_name = field_at(obj, "spec.clientConfig.service.name", ref)
             scheme = service.get("scheme") or ""
             host = f"{svc_name}.{ns}.svc"
             port = service.get("port")
@@ -256,10 +256,10 @@ class Repository:
 
     @classmethod
     def from_object(cls, obj: dict, namespace: str) -> Repository:
-        ns, name = _meta(obj, namespace)
+        ns, name = namespace_and_name(obj, namespace)
         ref = f"Repository {ns}/{name}"
-        backend = _dig(obj, "spec.backend", ref, kind=dict)
-        secret = _dig(obj, "spec.backend.storageSecretName", ref, kind=str)
+        backend = field_at(obj, "spec.backend", ref, kind=dict)
+        secret = field_at(obj, "spec.backend.storageSecretName", ref, kind=str)
         kinds = [k for k in backend if k != "storageSecretName"]
         if len(kinds) != 1:
             raise BadInput(
@@ -275,12 +275,12 @@ class Repository:
         p = f"spec.backend.{provider}"
         if provider == "local":
             spec = BackendSpec(
-                "local", bucket=_dig(obj, f"{p}.mountPath", ref, kind=str), prefix=conf.get("subPath") or ""
+                "local", bucket=field_at(obj, f"{p}.mountPath", ref, kind=str), prefix=conf.get("subPath") or ""
             )
         elif provider == "s3":
             spec = BackendSpec(
                 "s3",
-                bucket=_dig(obj, f"{p}.bucket", ref, kind=str),
+                bucket=field_at(obj, f"{p}.bucket", ref, kind=str),
                 prefix=conf.get("prefix") or "",
                 endpoint=conf.get("endpoint") or "",
                 region=conf.get("region") or "",
@@ -290,7 +290,7 @@ class Repository:
         elif provider == "azure":
             spec = BackendSpec(
                 "azure",
-                bucket=_dig(obj, f"{p}.container", ref, kind=str),
+                bucket=field_at(obj, f"{p}.container", ref, kind=str),
                 prefix=conf.get("prefix") or "",
                 max_connections=int(conf.get("maxConnections") or 0),
             )

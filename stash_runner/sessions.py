@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from .errors import BadInput
-from .objects import ObjectSource, _dig, _meta
+from .objects import ObjectSource, field_at, namespace_and_name
 from .retention import Policy
 from .timefmt import parse_go_duration
 
@@ -138,17 +138,17 @@ class BackupInvoker:
 
     @classmethod
     def from_object(cls, obj: dict, namespace: str) -> BackupInvoker:
-        ns, name = _meta(obj, namespace)
+        ns, name = namespace_and_name(obj, namespace)
         kind = obj.get("kind") or "BackupConfiguration"
         ref = f"{kind} {ns}/{name}"
-        spec = _dig(obj, "spec", ref, kind=dict)
-        repo = _dig(obj, "spec.repository.name", ref, kind=str)
+        spec = field_at(obj, "spec", ref, kind=dict)
+        repo = field_at(obj, "spec.repository.name", ref, kind=str)
         repo_ns = (spec.get("repository") or {}).get("namespace") or ns
         if kind == "BackupBatch":
-            members = _dig(obj, "spec.members", ref, kind=list)
+            members = field_at(obj, "spec.members", ref, kind=list)
             targets = tuple(_member(m, ref, f"spec.members[{i}]") for i, m in enumerate(members))
         else:
-            target = _dig(obj, "spec.target", ref, kind=dict)
+            target = field_at(obj, "spec.target", ref, kind=dict)
             targets = (BackupTarget(ObjectRef.from_json(target.get("ref"), ref, "spec.target.ref"),
                                     str(target.get("alias") or ""), _params(spec.get("task"))),)
         return cls(kind, name, ns, repo, repo_ns, targets, Retention.from_spec(spec.get("retentionPolicy"), ref),
@@ -172,15 +172,15 @@ class BackupSession:
 
     @classmethod
     def from_object(cls, obj: dict, namespace: str) -> BackupSession:
-        ns, name = _meta(obj, namespace)
+        ns, name = namespace_and_name(obj, namespace)
         ref = f"BackupSession {ns}/{name}"
-        kind = _dig(obj, "spec.invoker.kind", ref, kind=str)
+        kind = field_at(obj, "spec.invoker.kind", ref, kind=str)
         if kind not in BACKUP_INVOKERS:
             raise BadInput(f"{ref}: spec.invoker.kind {kind!r}: not one of {', '.join(BACKUP_INVOKERS)}")
         meta = obj.get("metadata") or {}
         retry = (obj.get("spec") or {}).get("retryLeft")
         return cls(ns, name, str(meta.get("uid") or ""), str(meta.get("creationTimestamp") or ""), kind,
-                   _dig(obj, "spec.invoker.name", ref, kind=str), retry if isinstance(retry, int) else None, obj)
+                   field_at(obj, "spec.invoker.name", ref, kind=str), retry if isinstance(retry, int) else None, obj)
 
     def invoker(self, source: ObjectSource) -> BackupInvoker:
         return BackupInvoker.from_object(source.get(self.invoker_kind, self.namespace, self.invoker_name),
@@ -233,10 +233,10 @@ class RestoreSession:
 
     @classmethod
     def from_object(cls, obj: dict, namespace: str) -> RestoreSession:
-        ns, name = _meta(obj, namespace)
+        ns, name = namespace_and_name(obj, namespace)
         ref = f"RestoreSession {ns}/{name}"
-        spec = _dig(obj, "spec", ref, kind=dict)
-        repo = _dig(obj, "spec.repository.name", ref, kind=str)
+        spec = field_at(obj, "spec", ref, kind=dict)
+        repo = field_at(obj, "spec.repository.name", ref, kind=str)
         repo_ns = (spec.get("repository") or {}).get("namespace") or ns
         target = spec.get("target") or {}
         if not isinstance(target, dict):

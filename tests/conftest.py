@@ -8,6 +8,7 @@ import pytest
 
 from . import servers
 from .pgcluster import PgCluster, load_sample
+from .pushgateway import start_pushgateway
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -54,9 +55,6 @@ def repo_dir(tmp_path):
     return str(tmp_path / "repo")
 
 
-
-
-
 def _server(start, workdir: str, name: str):
     s = start(os.path.join(workdir, name))
     yield s
@@ -79,3 +77,9 @@ def gcs_server(workdir):
 def azurite_server(workdir):
     """Azurite's blob service; ``.env`` has the dev account, key and AZURE_ENDPOINT."""
     yield from _server(servers.start_azurite, workdir, "azurite")
+
+
+@pytest.fixture(scope="module")
+def gateway(workdir, request):
+    """Debian's Pushgateway, one per test module (each module reads back only what it pushed)."""
+    yield from _server(start_pushgateway, workdir, f"pushgateway-{request.module.__name__}")

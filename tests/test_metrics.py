@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import time
 
 import pytest
@@ -20,7 +19,7 @@ from stash_runner.retention import Policy
 from stash_runner.stats import RepoStats
 
 from .pgcluster import free_port
-from .pushgateway import exposition, groups, start_pushgateway
+from .pushgateway import exposition, groups
 
 B = "stash_appscode_com_backupsession_"
 R = "stash_appscode_com_restoresession_"
@@ -32,13 +31,6 @@ HOST_BACKUP = {B + n for n in ("host_backup_success", "host_backup_duration_seco
 GATEWAY_OWN = {"push_time_seconds", "push_failure_time_seconds"}
 NOW = 1_700_000_000.0
 RESTIC_PASSWORD = "Restic-Pw-0xDEADBEEF"
-
-
-@pytest.fixture(scope="module")
-def gateway(workdir):
-    s = start_pushgateway(os.path.join(workdir, "pushgateway"))
-    yield s
-    s.stop()
 
 
 def invoker(name: str, kind: str = "BackupConfiguration") -> m.Invoker:

@@ -6,27 +6,30 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
+import yaml
+
+from stash_runner import metrics as m
+from stash_runner.kube import Cluster
+from stash_runner.output import HostResult
+from stash_runner.reporting import BackupReporter, Pusher
+from stash_runner.sessions import BackupSession, ObjectRef
 
 from .helpers import normalize_dump, objects_yaml, restic, runner
 from .kubeapi import KubeAPIServer
 from .pgcluster import free_port
-from .pushgateway import groups, start_pushgateway
+from .pushgateway import groups
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STASH = ("stash.appscode.com", "v1beta1")
 NS = "demo"
 JOB = "backupconfiguration-demo-pg-backup"
-
-
-@pytest.fixture(scope="module")
-def gateway(workdir):
-    s = start_pushgateway(os.path.join(workdir, "pushgateway-session"))
-    yield s
-    s.stop()
 
 
 @pytest.fixture
@@ -178,26 +181,85 @@ def test_backup_session_reads_the_cluster_and_reports_like_stash(kube, source_pg
     assert len(events(kube)) == n_events and len([q for q in kube.requests if q.method == "PUT"]) == n_puts
 
 
-def test_backup_pg_spelling_with_stash_function_args(kube, source_pg, repo_dir, tmp_path, gateway):
-    """The args Stash's postgres Function passes, envsubst'ed: storage from the flags and the mounted secret."""
-    kc = seed(kube, tmp_path, invoker(params=[{"name": "args", "value": "--roles-only"}]), session("s1"),
-              pg=source_pg, repo_dir=repo_dir)
+def envsubst(text: str, env: dict[str, str]) -> str:
+    """The operator's envsubst: ${VAR}, and ${VAR:=default} for unset or empty."""
+    return re.sub(r"\$\{(\w+)(?::=([^}]*))?\}", lambda mt: env.get(mt.group(1)) or mt.group(2) or "", text)
+
+
+def manifests() -> dict[tuple[str, str], dict]:
+    with open(os.path.join(ROOT, "deploy", "stash-functions.yaml")) as f:
+        docs = [d for d in yaml.safe_load_all(f) if d]
+    with open(os.path.join(ROOT, "deploy", "rbac.yaml")) as f:
+        docs += [d for d in yaml.safe_load_all(f) if d]
+    return {(d["kind"], d["metadata"]["name"]): d for d in docs}
+
+
+def run_task(task: dict, functions: dict, env: dict[str, str], secret_dir: str) -> None:
+    """Each step of a Task as the operator runs it: the Function's args with the step's params and the
+    operator's variables substituted, the storage Secret mounted where the Function says."""
+    for step in task["spec"]["steps"]:
+        fn = functions[("Function", step["name"])]
+        params = {p["name"]: p["value"] for p in step.get("params") or []}
+        args = [envsubst(a, {**env, **params}) for a in fn["spec"]["args"]]
+        mount = next((m["mountPath"] for m in fn["spec"].get("volumeMounts") or []), None)
+        if mount:
+            args = [a.replace(mount, secret_dir) for a in args]
+        r = runner(*args)
+        assert r.returncode == 0, f"{step['name']}: {r.stderr.decode()}"
+
+
+def rbac_token(server: KubeAPIServer, objs: dict) -> str:
+    """A service-account token allowed exactly what deploy/rbac.yaml's Role allows."""
+    role = objs[("Role", "stash-runner")]
+    allow = [(verb, res) for rule in role["rules"] for res in rule["resources"] for verb in rule["verbs"]]
+    server.add_token("runner-sa", "system:serviceaccount:demo:stash-runner", allow=allow)
+    return "runner-sa"
+
+
+def test_stash_tasks_from_deploy_run_with_the_deploy_rbac(kube, source_pg, fresh_pg, repo_dir, tmp_path,
+                                                          gateway):
+    """deploy/'s Functions and Tasks, args substituted as the operator does, with a token holding exactly
+    deploy/rbac.yaml's rules: a backup session (backup-pg, then update-status), then a restore session."""
+    objs = manifests()
+    target = fresh_pg()
+    seed(kube, tmp_path, invoker(retention={"keepLast": 3}), session("s1"), pg=source_pg, repo_dir=repo_dir)
+    # the restore target: another AppBinding, to a fresh cluster
+    restore_objs = objects_yaml(str(tmp_path / "restore-target.yaml"), cluster=target, namespace=NS,
+                                appbinding="pg-restored")
+    kube.load_fixtures(restore_objs)
+    kc = kube.kubeconfig(str(tmp_path / "sa.kubeconfig"), token=rbac_token(kube, objs))
     secret_dir = tmp_path / "secret"
     secret_dir.mkdir()
     (secret_dir / "RESTIC_PASSWORD").write_text("repo-Secret-Pass-7")
-    r = runner("backup-pg", "--provider=local", "--bucket=", "--endpoint=", "--region=", f"--path={repo_dir}",
-               f"--secret-dir={secret_dir}", "--scratch-dir=/tmp", "--enable-cache=true", "--max-connections=0",
-               "--hostname=host-0", "--backup-cmd=", "--pg-args=", "--wait-timeout=", f"--namespace={NS}",
-               "--appbinding=pg", "--backupsession=s1", "--retention-keep-last=0", "--retention-prune=false",
-               f"--output-dir={tmp_path / 'out'}", f"--kubeconfig={kc}", "--metrics-enabled=true",
-               f"--metrics-pushgateway-url={gateway.url}", "--invoker-kind=BackupConfiguration",
-               "--invoker-name=pg-backup", "--target-kind=AppBinding", "--target-name=pg")
+    env = {"REPOSITORY_PROVIDER": "local", "REPOSITORY_BUCKET": repo_dir, "REPOSITORY_NAME": "repo",
+           "HOSTNAME": "host-0", "NAMESPACE": NS, "TARGET_NAME": "pg", "BACKUP_SESSION": "s1",
+           "PROMETHEUS_PUSHGATEWAY_URL": gateway.url}
+    functions = {k: v for k, v in objs.items() if k[0] == "Function"}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("KUBECONFIG", kc)  # the runner finds the cluster as in a Job it would in-cluster
+        run_task(objs[("Task", "stash-runner-postgres-backup")], functions, env, str(secret_dir))
+        st = bs(kube)["status"]
+        assert st["phase"] == "Succeeded" and st["targets"][0]["stats"][0]["phase"] == "Succeeded"
+        assert reasons(kube).count("HostBackupSucceeded") == 1  # update-status added nothing
+        restic(repo_dir, "check", "--read-data")
+        snap = json.loads(restic(repo_dir, "snapshots", "--json").stdout)[0]
+
+        rs = restore_session("r1", [f"repo-{snap['short_id']}"], "host-0")
+        rs["spec"]["target"]["ref"]["name"] = "pg-restored"
+        kube.seed(rs)
+        run_task(objs[("Task", "stash-runner-postgres-restore")], functions,
+                 {**env, "BACKUP_SESSION": "", "RESTORE_SESSION": "r1", "TARGET_NAME": "pg-restored"},
+                 str(secret_dir))
+    assert target.contents() == source_pg.contents()
+    assert kube.get(*STASH, "restoresessions", NS, "r1")["status"]["phase"] == "Succeeded"
+    assert not [q for q in kube.requests if q.status in (401, 403)]
+
+
+def test_task_params_from_the_invoker_reach_the_dump_tool(kube, source_pg, repo_dir, tmp_path):
+    kc = seed(kube, tmp_path, invoker(params=[{"name": "args", "value": "--roles-only"}]), session("s1"),
+              pg=source_pg, repo_dir=repo_dir)
+    r = run_backup(kc)
     assert r.returncode == 0, r.stderr.decode()
-    st = bs(kube)["status"]
-    assert st["phase"] == "Succeeded" and st["targets"][0]["stats"][0]["phase"] == "Succeeded"
-    repo = kube.get("stash.appscode.com", "v1alpha1", "repositories", NS, "repo")["status"]
-    assert repo["snapshotCount"] == 1  # the Repository is named by the invoker, the storage by the flags
-    # the Task's args param reached pg_dumpall: roles, no tables
     dump = restic(repo_dir, "dump", "latest", "/dumpfile.sql").stdout
     assert b"CREATE ROLE" in dump and b"CREATE TABLE" not in dump and b"CREATE TABLE" in source_pg.pg_dumpall()
 
@@ -431,4 +493,42 @@ def test_sessions_from_objects_files_offline(source_pg, repo_dir, tmp_path, gate
     job = "backupconfiguration-demo-offline"
     assert value(gateway, job, "stash_appscode_com_backupsession_success") == 1
     assert value(gateway, job, "stash_appscode_com_repository_snapshot_cleaned") == 1
+
+
+
+def test_two_targets_and_eight_hosts_at_once_exactly_one_runs_the_post_backup_actions(kube, tmp_path):
+    """A BackupBatch's two targets, four hosts each, all reporting at the same moment through the library:
+    every entry lands and exactly one host is told to run the post-backup actions."""
+    refs = [ObjectRef("apps/v1", "Deployment", "app"), ObjectRef("appcatalog.appscode.com/v1alpha1", "AppBinding",
+                                                                 "db")]
+    status = {"targets": [{"ref": r.json(), "totalHosts": 4, "phase": "Running"} for r in refs]}
+    [obj] = kube.seed({**session("b1", status=status, invoker_name="batch"),
+                       "spec": {"invoker": {"kind": "BackupBatch", "name": "batch"}}})
+    cluster = Cluster.connect(kube.kubeconfig(str(tmp_path / "kubeconfig")), environ={})
+    sess = BackupSession.from_object(obj, NS)
+    runs_post: list[str] = []
+    barrier = threading.Barrier(8)
+
+    def report(ref: ObjectRef, hostname: str) -> None:
+        reporter = BackupReporter(cluster, sess, Pusher(None, m.Invoker("BackupBatch", "batch", NS, "repo")))
+        reporter.set_target(ref, total_hosts=4, expected_targets=2)
+        barrier.wait()
+        if reporter.host_done(HostResult(hostname, "Succeeded", 1.0)):
+            runs_post.append(hostname)
+
+    threads = [threading.Thread(target=report, args=(ref, f"{ref.name}-{i}")) for ref in refs for i in range(4)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+    finally:
+        cluster.close()
+    st = bs(kube, "b1")["status"]
+    assert [sorted(h["hostname"] for h in t["stats"]) for t in st["targets"]] == \
+        [[f"app-{i}" for i in range(4)], [f"db-{i}" for i in range(4)]]
+    assert all(t["phase"] == "Succeeded" for t in st["targets"]) and st["phase"] == "Running"  # post-backup next
+    assert len(runs_post) == 1, runs_post
+    assert sum(1 for q in kube.requests if q.method == "PUT" and q.status == 409) > 0
+    assert reasons(kube).count("HostBackupSucceeded") == 8
 

@@ -11,6 +11,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 import click
 
@@ -31,7 +32,6 @@ from .executor import (
     update_backup_status,
     update_restore_status,
 )
-from .kube import Cluster
 from .lock import unlock as remove_locks
 from .maintenance import apply_retention
 from .objects import ObjectSource
@@ -52,6 +52,9 @@ from .retention import Policy
 from .sessions import Retention
 from .stats import run_stats
 from .units import rate, stash_bytes
+
+if TYPE_CHECKING:
+    from .kube import Cluster
 
 log = logging.getLogger("stash_runner")
 
@@ -339,7 +342,7 @@ def cli(verbose: bool, quiet: bool) -> None:
     # or a signed URL in them is a credential.
     logging.getLogger("stash_runner").setLevel(logging.DEBUG if verbose else logging.NOTSET)
     # The SDKs log every request at INFO, and warn of what we retry or report ourselves in one line.
-    for sdk in ("azure", "google", "botocore", "boto3", "urllib3"):
+    for sdk in ("azure", "google", "botocore", "boto3", "urllib3", "kubernetes"):
         logging.getLogger(sdk).setLevel(logging.ERROR)
 
 

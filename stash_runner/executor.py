@@ -89,10 +89,12 @@ class BackupSettings:
 
 def _driver_options(opts: DriverOptions, params: Mapping[str, str]) -> DriverOptions:
     """The Task's params (as the operator would put them into the Function's args) where no flag says."""
-    backup_cmd = params.get("backupCMD") or params.get("backupCmd") or ""
+    backup_cmd = opts.backup_cmd
+    if opts.backup_cmd in ("", "pg_dumpall"):  # a flag left at its default gives way to the Task's param
+        backup_cmd = params.get("backupCMD") or params.get("backupCmd") or backup_cmd
     return dataclasses.replace(
         opts,
-        backup_cmd=opts.backup_cmd if opts.backup_cmd not in ("", "pg_dumpall") or not backup_cmd else backup_cmd,
+        backup_cmd=backup_cmd,
         pg_args=opts.pg_args or params.get("args", ""),
         user=opts.user or params.get("user", ""),
     )
@@ -130,12 +132,7 @@ def backup_session(rep: Reporting, namespace: str, name: str, settings: BackupSe
     try:
         invoker = session.invoker(rep.source)
         reporter.pusher.invoker = dataclasses.replace(reporter.pusher.invoker, repository=invoker.repository)
-        if settings.target_name:
-            target = invoker.target(settings.target_name)
-        elif len(invoker.targets) == 1:
-            target = invoker.targets[0]
-        else:
-            target = invoker.target()  # raises: which one?
+        target = invoker.target(settings.target_name)
         reporter.set_target(target.ref, app_type=_app_type(rep.source, target, namespace),
                             expected_targets=len(invoker.targets))
         reporter.started()
@@ -166,6 +163,9 @@ def backup_session(rep: Reporting, namespace: str, name: str, settings: BackupSe
 def _backup_target(source: ObjectSource, invoker: BackupInvoker, target: BackupTarget, settings: BackupSettings,
                    open_storage: StorageOpener, started: float) -> tuple[HostResult, BackupOutcome, Storage]:
     """The dump into a snapshot; the storage stays open for the post-backup actions (the caller closes it)."""
+    if target.ref.kind != "AppBinding":
+        raise BadInput(f"{invoker.ref}: target {target.ref.kind} {target.ref.name}: stash-runner backs up "
+                       "databases (AppBinding targets) only")
     drv: Driver | None = None
     storage = open_storage(invoker.repository_namespace, invoker.repository)
     try:

@@ -92,7 +92,6 @@ class Cluster:
         configuration.connection_pool_maxsize = max(configuration.connection_pool_maxsize or 0, 16)
         self._config = configuration
         self._api = kubernetes.client.ApiClient(configuration)
-        self._core_api: Any = None  # made on first use, see _core
         self._custom = kubernetes.client.CustomObjectsApi(self._api)
         # (connect, read): connecting to an API server that takes longer than 10 s is as good as unreachable.
         self._timeout = (float(min(timeout, 10)), float(timeout))
@@ -146,8 +145,8 @@ class Cluster:
         k = _kind(kind)
         if not k.group:
             def call() -> Any:
-                return self._core.read_namespaced_secret(name, namespace, _preload_content=False,
-                                                         _request_timeout=self._timeout)
+                return self._core_call("GET", f"/api/v1/namespaces/{{namespace}}/{k.plural}/{{name}}",
+                                       {"namespace": namespace, "name": name})
         else:
             def call() -> Any:
                 return self._custom.get_namespaced_custom_object(k.group, k.version, namespace, k.plural, name,
@@ -215,8 +214,7 @@ class Cluster:
         }
 
         def call() -> Any:
-            return self._core.create_namespaced_event(namespace, body, _preload_content=False,
-                                                      _request_timeout=self._timeout)
+            return self._core_call("POST", "/api/v1/namespaces/{namespace}/events", {"namespace": namespace}, body)
 
         try:
             # One attempt: a retried POST whose first try did land would record the Event twice.
@@ -248,14 +246,19 @@ class Cluster:
 
     # -- internals -------------------------------------------------------------------------------------------
 
-    @property
-    def _core(self) -> Any:
-        # The client builds its CoreV1Api module (pydantic models for the whole core API) on first import, which
-        # takes seconds: paid when a Secret or an Event is first needed, not by connect().
-        with self._lock:
-            if self._core_api is None:
-                self._core_api = kubernetes.client.CoreV1Api(self._api)
-            return self._core_api
+    def _core_call(self, method: str, path: str, path_params: dict[str, str], body: dict | None = None) -> Any:
+        """A raw call to the core API group, as CoreV1Api would make it. CoreV1Api itself is not used: its
+        module (pydantic models of the whole core API) takes ~2 s to build, on every run, for two calls."""
+        headers = {"Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        request = self._api.param_serialize(method=method, resource_path=path, path_params=path_params,
+                                            header_params=headers, body=body, auth_settings=["BearerToken"])
+        resp = self._api.call_api(*request, _request_timeout=self._timeout)
+        if not 200 <= resp.status <= 299:
+            resp.read()
+            raise ApiException.from_response(http_resp=resp, body=None, data=None)
+        return resp.response  # the urllib3 response, as the generated APIs give with _preload_content=False
 
     def _request(self, call: Callable[[], Any], verb: str, ref: str, *, retry: bool = True,
                  conflict_ok: bool = False) -> Any:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from backends import Backend, open_backend
 from backends.retry import RetryPolicy
@@ -15,8 +16,10 @@ from drivers.base import Driver
 from drivers.postgres import Connection, PostgresDriver
 
 from .errors import BadInput
-from .kube import Cluster
 from .objects import PROVIDERS, AppBinding, BackendSpec, FileSource, ObjectSource, Repository, Secret
+
+if TYPE_CHECKING:
+    from .kube import Cluster
 
 
 def object_source(paths: tuple[str, ...] | list[str]) -> ObjectSource:
@@ -33,6 +36,8 @@ def open_objects(paths: tuple[str, ...] | list[str], kubeconfig: str = "",
     if paths:
         yield FileSource(list(paths)), None
         return
+    from .kube import Cluster  # the kubernetes client takes ~0.7 s to import: offline runs do not pay it
+
     cluster = Cluster.connect(kubeconfig, environ=environ)
     try:
         yield cluster, cluster

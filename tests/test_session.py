@@ -21,7 +21,7 @@ from stash_runner.output import HostResult
 from stash_runner.reporting import BackupReporter, Pusher
 from stash_runner.sessions import BackupSession, ObjectRef
 
-from .helpers import normalize_dump, objects_yaml, restic, runner
+from .helpers import REPO_PASSWORD, normalize_dump, objects_yaml, restic, runner
 from .kubeapi import KubeAPIServer
 from .pgcluster import free_port
 from .pushgateway import groups
@@ -106,18 +106,21 @@ def value(gw, job: str, name: str, **grouping: str) -> float:
 
 
 def run_backup(kubeconfig: str, *extra: str, session_name: str = "s1", cmd: str = "backup",
-               env: dict | None = None) -> subprocess.CompletedProcess:
-    return runner(cmd, "--backupsession", session_name, "--namespace", NS, "--kubeconfig", kubeconfig, *extra,
-                  env=env)
+               env: dict | None = None, verbose: bool = False) -> subprocess.CompletedProcess:
+    flags = ["-v"] if verbose else []
+    return runner(*flags, cmd, "--backupsession", session_name, "--namespace", NS, "--kubeconfig", kubeconfig,
+                  *extra, env=env)
 
 
 def test_backup_session_reads_the_cluster_and_reports_like_stash(kube, source_pg, repo_dir, tmp_path, gateway):
     kc = seed(kube, tmp_path, invoker(retention={"keepLast": 2, "prune": True}), session("s1"), session("s2"),
               session("s3"), pg=source_pg, repo_dir=repo_dir)
+    logs = b""
     for name in ("s1", "s2", "s3"):
         r = run_backup(kc, "--metrics-pushgateway-url", gateway.url, "--output-dir", str(tmp_path / name),
-                       session_name=name)
+                       session_name=name, verbose=True)
         assert r.returncode == 0, r.stderr.decode()
+        logs += r.stderr
 
     # restic judges the repository; retention from the invoker kept 2 of 3 and pruned
     restic(repo_dir, "check", "--read-data")
@@ -170,6 +173,12 @@ def test_backup_session_reads_the_cluster_and_reports_like_stash(kube, source_pg
     assert value(gateway, JOB, "stash_appscode_com_repository_snapshot_count") == 2
     assert value(gateway, JOB, "stash_appscode_com_repository_snapshot_cleaned") == 1
     assert value(gateway, JOB, "stash_appscode_com_repository_integrity") == 1
+
+    # secrets appear nowhere: not in the (verbose) log, the status, the Events or the metrics
+    everything = logs + json.dumps([bs(kube, n) for n in ("s1", "s2", "s3")] + events(kube)).encode() + \
+        json.dumps(groups(gateway)).encode()
+    for secret in (source_pg.password, REPO_PASSWORD):
+        assert secret.encode() not in everything
 
     # output.json says the status is written, so an update-status step after it does nothing more
     out = json.loads((tmp_path / "s3" / "output.json").read_text())

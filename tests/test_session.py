@@ -541,3 +541,18 @@ def test_two_targets_and_eight_hosts_at_once_exactly_one_runs_the_post_backup_ac
     assert sum(1 for q in kube.requests if q.method == "PUT" and q.status == 409) > 0
     assert reasons(kube).count("HostBackupSucceeded") == 8
 
+
+
+def test_a_storage_error_is_reported_and_leaves_the_repository_untouched(kube, source_pg, repo_dir, tmp_path):
+    objects = objects_yaml(str(tmp_path / "first.yaml"), cluster=source_pg, repo_dir=repo_dir, namespace=NS)
+    runner("backup", "--objects", objects, "-n", NS, "--appbinding", "pg", "--repository", "repo", check=True)
+    before = sorted(os.listdir(os.path.join(repo_dir, "snapshots")))
+    kc = seed(kube, tmp_path, invoker(), session("s1"), pg=source_pg, repo_dir=repo_dir, repo_password="Not-The-Pass-1")
+    r = run_backup(kc)
+    assert r.returncode == 3, r.stderr.decode()
+    st = bs(kube)["status"]
+    assert st["phase"] == "Failed" and st["targets"][0]["stats"][0]["phase"] == "Failed"
+    assert "password" in st["targets"][0]["stats"][0]["error"] and "Not-The-Pass-1" not in json.dumps(st)
+    assert reasons(kube) == ["BackupSessionFailed", "HostBackupFailed"]
+    assert sorted(os.listdir(os.path.join(repo_dir, "snapshots"))) == before
+    restic(repo_dir, "check")

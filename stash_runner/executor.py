@@ -139,11 +139,12 @@ def backup_session(rep: Reporting, namespace: str, name: str, settings: BackupSe
         with deadline(invoker.timeout, f"{invoker.ref}: spec.timeOut"):
             host, outcome, storage = _backup_target(rep.source, invoker, target, settings, open_storage, started)
             try:
-                if settings.output_dir:
-                    write_output(settings.output_dir, target.ref.name, host, reported=rep.writer is not None,
-                                 ref=target.ref.json())
                 run_post = reporter.host_done(host, initialized=outcome.initialized)
                 reported = True
+                if settings.output_dir:
+                    # after the status write: "statusReported" must never claim a write that did not happen
+                    write_output(settings.output_dir, target.ref.name, host, reported=rep.writer is not None,
+                                 ref=target.ref.json())
                 if run_post:
                     _post_backup(reporter, invoker, settings, outcome.repo, storage)
             finally:
@@ -151,12 +152,12 @@ def backup_session(rep: Reporting, namespace: str, name: str, settings: BackupSe
         return host
     except (RunnerError, Interrupted, KeyboardInterrupt) as e:
         if not reported:
-            reporter.fail(settings.hostname, e, time.monotonic() - started)
+            recorded = reporter.fail(settings.hostname, e, time.monotonic() - started)
             if settings.output_dir and reporter.target_ref is not None:
                 write_output(settings.output_dir, reporter.target_ref["name"],
                              HostResult(settings.hostname, "Failed", time.monotonic() - started,
                                         " ".join(str(e).split()) or type(e).__name__),
-                             reported=rep.writer is not None, ref=reporter.target_ref)
+                             reported=recorded and rep.writer is not None, ref=reporter.target_ref)
         raise
 
 
@@ -237,6 +238,7 @@ def restore_session(rep: Reporting, namespace: str, name: str, settings: Restore
     reporter = RestoreReporter(rep.writer, session, rep.pusher("RestoreSession", session.name, namespace,
                                                                session.repository), mtarget)
     started = time.monotonic()
+    reported = False
     appbinding = settings.appbinding or (target.name if target is not None else "")
     try:
         reporter.started()
@@ -266,17 +268,20 @@ def restore_session(rep: Reporting, namespace: str, name: str, settings: Restore
         log.info("restored snapshot %s: %s in %.1f s (%s)", result.snapshot.short_id,
                  stash_bytes(result.bytes_restored), result.seconds, rate(result.bytes_restored, result.seconds))
         host = HostResult(settings.hostname, SUCCEEDED, time.monotonic() - started)
+        reporter.host_done(host)
+        reported = True
         if settings.output_dir:
             write_output(settings.output_dir, appbinding, host, reported=rep.writer is not None)
-        reporter.host_done(host)
         return host
     except (RunnerError, Interrupted, KeyboardInterrupt) as e:
+        if reported:
+            raise
         duration = time.monotonic() - started
-        reporter.fail(settings.hostname, e, duration)
+        recorded = reporter.fail(settings.hostname, e, duration)
         if settings.output_dir and appbinding:
             write_output(settings.output_dir, appbinding, HostResult(settings.hostname, "Failed", duration,
                                                                      " ".join(str(e).split())),
-                         reported=rep.writer is not None)
+                         reported=recorded and rep.writer is not None)
         raise
 
 

@@ -110,13 +110,16 @@ class _Reporter:
     def host_done(self, host: HostResult) -> object:
         raise NotImplementedError
 
-    def fail(self, hostname: str, error: BaseException, duration: float) -> None:
-        """Report a failure after the session is known; never raises (the original error is what counts)."""
+    def fail(self, hostname: str, error: BaseException, duration: float) -> bool:
+        """Report a failure after the session is known; never raises (the original error is what counts).
+        Returns whether the status was written."""
         host = HostResult(hostname, status.FAILED, duration, _one_line(str(error) or type(error).__name__))
         try:
             self.host_done(host)
         except (RunnerError, OSError) as e:
             log.warning("%s: the failure could not be recorded: %s", self.ref, e)
+            return False
+        return True
 
     def _event(self, reason: str, message: str, warning: bool = False) -> None:
         if self.writer is not None:

@@ -17,7 +17,7 @@ from .output import SnapshotStats
 from .progress import Progress
 from .repository import Repository, current_username
 from .retention import Policy
-from .units import stash_bytes
+from .units import rate, stash_bytes
 
 log = logging.getLogger("stash_runner")
 
@@ -85,6 +85,9 @@ def run_backup(plan: BackupPlan) -> BackupOutcome:
             username=current_username(),
             program_version=f"stash-runner {__version__}",
         )
+    st = result.stats
+    log.info("snapshot %s saved for %s: %s read, %s stored, %.1f s (%s)", result.snapshot.short_id, plan.hostname,
+             stash_bytes(st.bytes_read), stash_bytes(st.bytes_stored), st.elapsed, rate(st.bytes_read, st.elapsed))
     if not plan.post_actions and plan.retention.empty():
         return BackupOutcome(result, repo=repo, initialized=initialized)
     post = post_backup(repo, plan.retention, prune=plan.retention_prune, dry_run=plan.retention_dry_run,

@@ -20,7 +20,7 @@ from backends.retry import RetryPolicy
 from . import __version__, compression, metrics
 from .backup import BackupPlan, run_backup, snapshot_stats
 from .check import parse_subset, run_check, summarize
-from .errors import BadInput, IntegrityError, Interrupted, RunnerError
+from .errors import BadInput, IntegrityError, Interrupted, RunnerError, one_line
 from .executor import (
     BackupSettings,
     Reporting,
@@ -51,7 +51,7 @@ from .restore import RestorePlan, run_restore
 from .retention import Policy
 from .sessions import Retention
 from .stats import run_stats
-from .units import rate, stash_bytes
+from .units import stash_bytes
 
 if TYPE_CHECKING:
     from .kube import Cluster
@@ -235,16 +235,19 @@ def _pg_driver_options(kw: dict, backup_cmd: str = "") -> DriverOptions:
                          scratch_dir=kw["scratch_dir"], driver="postgres")
 
 
-def _flags_storage_and_driver(source: ObjectSource, kw: dict, backup_cmd: str = "pg_dumpall"):
-    """Storage from Stash's flags, then the postgres driver."""
-    storage = _flags_storage(source, kw)
+def _with_driver(storage: Storage, source: ObjectSource, namespace: str, appbinding: str, opts: DriverOptions):
+    """The storage and the AppBinding's driver; the storage is closed if the driver cannot be made."""
     try:
-        drv = driver_for(source, kw["appbinding_namespace"] or kw["namespace"], kw["appbinding"],
-                         _pg_driver_options(kw, backup_cmd))
+        return storage, driver_for(source, namespace, appbinding, opts)
     except BaseException:
         storage.close()
         raise
-    return storage, drv
+
+
+def _flags_storage_and_driver(source: ObjectSource, kw: dict, backup_cmd: str = "pg_dumpall"):
+    """Storage from Stash's flags, then the postgres driver."""
+    return _with_driver(_flags_storage(source, kw), source, kw["appbinding_namespace"] or kw["namespace"],
+                        kw["appbinding"], _pg_driver_options(kw, backup_cmd))
 
 
 def _session_storage(source: ObjectSource, kw: dict) -> StorageOpener:
@@ -305,27 +308,18 @@ def _backup(driver, storage: Storage, hostname: str, tags: list[str], wait_timeo
     finally:
         driver.close()
         storage.close()
-    result = outcome.result
-    st = result.stats
-    log.info(
-        "snapshot %s saved for %s: %s read, %s stored, %.1f s (%s)",
-        result.snapshot.short_id, hostname, stash_bytes(st.bytes_read), stash_bytes(st.bytes_stored),
-        st.elapsed, rate(st.bytes_read, st.elapsed),
-    )
-    return snapshot_stats(result), outcome.post.repository_json() if outcome.post else None
+    return snapshot_stats(outcome.result), outcome.post.repository_json() if outcome.post else None
 
 
 def _restore(driver, storage: Storage, snapshot: str, source_hostname: str, wait_timeout: float,
              lock_wait: float) -> None:
     try:
-        result = run_restore(RestorePlan(driver=driver, backend=storage.backend, password=storage.password,
-                                         snapshot=snapshot, source_hostname=source_hostname,
-                                         wait_timeout=wait_timeout, lock_wait=lock_wait))
+        run_restore(RestorePlan(driver=driver, backend=storage.backend, password=storage.password,
+                                snapshot=snapshot, source_hostname=source_hostname,
+                                wait_timeout=wait_timeout, lock_wait=lock_wait))
     finally:
         driver.close()
         storage.close()
-    log.info("restored snapshot %s: %s in %.1f s (%s)", result.snapshot.short_id,
-             stash_bytes(result.bytes_restored), result.seconds, rate(result.bytes_restored, result.seconds))
 
 
 # -- commands --------------------------------------------------------------------------------
@@ -391,11 +385,7 @@ def _named_storage_and_driver(kw: dict, opts: DriverOptions):
     with open_objects(kw["objects"], kw["kubeconfig"]) as (source, _):
         storage = storage_from_repository(source, kw["namespace"], kw["repository"],
                                           _policy(kw["backend_retries"], kw["backend_timeout"]))
-        try:
-            return storage, driver_for(source, kw["namespace"], kw["appbinding"], opts)
-        except BaseException:
-            storage.close()
-            raise
+        return _with_driver(storage, source, kw["namespace"], kw["appbinding"], opts)
 
 
 def _require(kw: dict, *names: str) -> None:
@@ -707,10 +697,6 @@ def _on_sigterm(signum: int, frame: object) -> None:
     raise Interrupted("terminated by SIGTERM")
 
 
-def _one_line(msg: str) -> str:
-    return " ".join(str(msg).split())
-
-
 def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
@@ -724,7 +710,7 @@ def main(argv: list[str] | None = None) -> int:
         click.echo("stash-runner: error: aborted", err=True)
         return 130
     except RunnerError as e:
-        click.echo(f"stash-runner: error: {_one_line(str(e))}", err=True)
+        click.echo(f"stash-runner: error: {one_line(e)}", err=True)
         return e.exit_code
     except Interrupted as e:
         click.echo(f"stash-runner: error: {e}", err=True)

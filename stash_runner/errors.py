@@ -1,6 +1,22 @@
 """Error types. Each maps to one documented exit code (see README)."""
 
 
+def one_line(text: object) -> str:
+    """Text on one line, as an error goes into a message, a status field or an Event."""
+    return " ".join(str(text).split())
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an error's text (a YAML error runs over several), or its type's name."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def describe(error: BaseException) -> str:
+    """An error as one line, or its type's name when it says nothing."""
+    return one_line(error) or type(error).__name__
+
+
 class RunnerError(Exception):
     """Base of the errors the CLI reports as one line and a distinct exit code."""
 

@@ -20,7 +20,7 @@ from drivers.base import Driver
 
 from . import compression, metrics
 from .backup import BackupOutcome, BackupPlan, run_backup, snapshot_stats
-from .errors import BadInput, Interrupted, RunnerError, TimedOut
+from .errors import BadInput, Interrupted, RunnerError, TimedOut, describe
 from .maintenance import PostBackup, post_backup
 from .objects import ObjectSource
 from .output import REPORTED, HostResult, read_output, write_output
@@ -28,10 +28,16 @@ from .reporting import BackupReporter, Pusher, RestoreReporter, StatusWriter
 from .repository import Repository
 from .resolve import DriverOptions, Storage, driver_for
 from .restore import RestorePlan, run_restore
-from .sessions import BackupInvoker, BackupTarget, Retention, read_backup_session, read_restore_session
-from .status import SUCCEEDED
+from .sessions import (
+    BackupInvoker,
+    BackupTarget,
+    ObjectRef,
+    Retention,
+    read_backup_session,
+    read_restore_session,
+)
+from .status import FAILED, SUCCEEDED
 from .timefmt import go_duration
-from .units import rate, stash_bytes
 
 log = logging.getLogger("stash_runner")
 
@@ -112,11 +118,11 @@ def _wait_timeout(flag: float | None, params: Mapping[str, str], ref: str) -> fl
         raise BadInput(f"{ref}: task param waitTimeout {value!r} is not a number of seconds") from None
 
 
-def _app_type(source: ObjectSource, target: BackupTarget, namespace: str) -> str | None:
-    if target.ref.kind != "AppBinding":
+def _app_type(source: ObjectSource, ref: ObjectRef, namespace: str) -> str | None:
+    if ref.kind != "AppBinding":
         return None
     try:
-        return str((source.get("AppBinding", target.ref.namespace or namespace, target.ref.name).get("spec") or {})
+        return str((source.get("AppBinding", ref.namespace or namespace, ref.name).get("spec") or {})
                    .get("type") or "")
     except BadInput:
         return None  # the driver's lookup names the missing AppBinding; metrics then carry no app labels
@@ -133,7 +139,7 @@ def backup_session(rep: Reporting, namespace: str, name: str, settings: BackupSe
         invoker = session.invoker(rep.source)
         reporter.pusher.invoker = dataclasses.replace(reporter.pusher.invoker, repository=invoker.repository)
         target = invoker.target(settings.target_name)
-        reporter.set_target(target.ref, app_type=_app_type(rep.source, target, namespace),
+        reporter.set_target(target.ref, app_type=_app_type(rep.source, target.ref, namespace),
                             expected_targets=len(invoker.targets))
         reporter.started()
         with deadline(invoker.timeout, f"{invoker.ref}: spec.timeOut"):
@@ -152,11 +158,10 @@ def backup_session(rep: Reporting, namespace: str, name: str, settings: BackupSe
         return host
     except (RunnerError, Interrupted, KeyboardInterrupt) as e:
         if not reported:
-            recorded = reporter.fail(settings.hostname, e, time.monotonic() - started)
+            failed = HostResult(settings.hostname, FAILED, time.monotonic() - started, describe(e))
+            recorded = reporter.fail(failed)
             if settings.output_dir and reporter.target_ref is not None:
-                write_output(settings.output_dir, reporter.target_ref["name"],
-                             HostResult(settings.hostname, "Failed", time.monotonic() - started,
-                                        " ".join(str(e).split()) or type(e).__name__),
+                write_output(settings.output_dir, reporter.target_ref["name"], failed,
                              reported=recorded and rep.writer is not None, ref=reporter.target_ref)
         raise
 
@@ -184,12 +189,8 @@ def _backup_target(source: ObjectSource, invoker: BackupInvoker, target: BackupT
     finally:
         if drv is not None:
             drv.close()
-    result = outcome.result
-    st = result.stats
-    log.info("snapshot %s saved for %s: %s read, %s stored, %.1f s (%s)", result.snapshot.short_id,
-             settings.hostname, stash_bytes(st.bytes_read), stash_bytes(st.bytes_stored), st.elapsed,
-             rate(st.bytes_read, st.elapsed))
-    host = HostResult(settings.hostname, SUCCEEDED, time.monotonic() - started, snapshots=[snapshot_stats(result)])
+    host = HostResult(settings.hostname, SUCCEEDED, time.monotonic() - started,
+                      snapshots=[snapshot_stats(outcome.result)])
     return host, outcome, storage
 
 
@@ -231,10 +232,8 @@ def restore_session(rep: Reporting, namespace: str, name: str, settings: Restore
     """Restore this host of a RestoreSession and report it; raises after reporting a failure."""
     session = read_restore_session(rep.source, namespace, name)
     target = session.target
-    app_type = None
-    if target is not None and target.kind == "AppBinding":
-        app_type = _app_type(rep.source, BackupTarget(target), namespace)
-    mtarget = metrics.Target.from_ref(target.json(), app_type) if target is not None else None
+    mtarget = metrics.Target.from_ref(target.json(), _app_type(rep.source, target, namespace)) \
+        if target is not None else None
     reporter = RestoreReporter(rep.writer, session, rep.pusher("RestoreSession", session.name, namespace,
                                                                session.repository), mtarget)
     started = time.monotonic()
@@ -257,7 +256,7 @@ def restore_session(rep: Reporting, namespace: str, name: str, settings: Restore
             try:
                 drv = driver_for(rep.source, (target.namespace if target else "") or namespace, appbinding,
                                  _driver_options(settings.driver, session.params))
-                result = run_restore(RestorePlan(
+                run_restore(RestorePlan(
                     driver=drv, backend=storage.backend, password=storage.password, snapshot=snapshot,
                     source_hostname=source_host, lock_wait=settings.lock_wait,
                     wait_timeout=_wait_timeout(settings.wait_timeout, session.params, session.ref)))
@@ -265,8 +264,6 @@ def restore_session(rep: Reporting, namespace: str, name: str, settings: Restore
                 if drv is not None:
                     drv.close()
                 storage.close()
-        log.info("restored snapshot %s: %s in %.1f s (%s)", result.snapshot.short_id,
-                 stash_bytes(result.bytes_restored), result.seconds, rate(result.bytes_restored, result.seconds))
         host = HostResult(settings.hostname, SUCCEEDED, time.monotonic() - started)
         reporter.host_done(host)
         reported = True
@@ -276,12 +273,10 @@ def restore_session(rep: Reporting, namespace: str, name: str, settings: Restore
     except (RunnerError, Interrupted, KeyboardInterrupt) as e:
         if reported:
             raise
-        duration = time.monotonic() - started
-        recorded = reporter.fail(settings.hostname, e, duration)
+        failed = HostResult(settings.hostname, FAILED, time.monotonic() - started, describe(e))
+        recorded = reporter.fail(failed)
         if settings.output_dir and appbinding:
-            write_output(settings.output_dir, appbinding, HostResult(settings.hostname, "Failed", duration,
-                                                                     " ".join(str(e).split())),
-                         reported=recorded and rep.writer is not None)
+            write_output(settings.output_dir, appbinding, failed, reported=recorded and rep.writer is not None)
         raise
 
 
@@ -310,9 +305,8 @@ def update_backup_status(rep: Reporting, namespace: str, name: str, settings: Up
     invoker = session.invoker(rep.source)
     reporter.pusher.invoker = dataclasses.replace(reporter.pusher.invoker, repository=invoker.repository)
     ref_name = settings.target_name or ((doc["targetStatus"].get("ref") or {}).get("name") or "")
-    target = invoker.target(ref_name, settings.target_kind) if ref_name or len(invoker.targets) != 1 \
-        else invoker.targets[0]
-    reporter.set_target(target.ref, app_type=_app_type(rep.source, target, namespace),
+    target = invoker.target(ref_name, settings.target_kind)
+    reporter.set_target(target.ref, app_type=_app_type(rep.source, target.ref, namespace),
                         expected_targets=len(invoker.targets), total_hosts=max(1, len(hosts)))
     run_post = False
     for host in hosts:
@@ -320,10 +314,10 @@ def update_backup_status(rep: Reporting, namespace: str, name: str, settings: Up
     if run_post:
         storage = open_storage(invoker.repository_namespace, invoker.repository)
         try:
+            # post_backup reads the index itself
             repo = Repository.open(storage.backend, storage.password)
-            repo.load_index()
-            _post_backup(reporter, invoker, dataclasses.replace(BackupSettings(), lock_wait=settings.lock_wait,
-                                                                retention=settings.retention), repo, storage)
+            _post_backup(reporter, invoker, BackupSettings(lock_wait=settings.lock_wait, retention=settings.retention),
+                         repo, storage)
         finally:
             storage.close()
     return hosts

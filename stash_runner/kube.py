@@ -32,7 +32,7 @@ import yaml
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
-from .errors import BadInput, ClusterAccessDenied, ClusterError, RunnerError
+from .errors import BadInput, ClusterAccessDenied, ClusterError, RunnerError, first_line, one_line
 
 log = logging.getLogger("stash_runner")
 
@@ -115,7 +115,7 @@ class Cluster:
                 kubernetes.config.incluster_config.InClusterConfigLoader(
                     token_filename=token_file, cert_filename=ca_file, environ=env).load_and_set(cfg)
             except (ConfigException, OSError) as e:
-                raise BadInput(f"in-cluster Kubernetes config ({token_file}, {ca_file}): {_first_line(e)}") from None
+                raise BadInput(f"in-cluster Kubernetes config ({token_file}, {ca_file}): {first_line(e)}") from None
         elif env.get("KUBECONFIG"):
             # Like kubectl, every existing file of the list is merged (the first one wins per entry), which the
             # client's KubeConfigMerger does; files that do not exist are skipped.
@@ -226,7 +226,7 @@ class Cluster:
             return False
         except Exception as e:  # the client validating the body, say: still never the backup's failure
             log.warning("could not record Event %s about %s %s/%s: %s: %s", reason, kind, namespace, name,
-                        _type_name(e), _first_line(e))
+                        type(e).__name__, first_line(e))
             return False
         return True
 
@@ -322,10 +322,10 @@ def _load_kubeconfig(path: str, cfg: kubernetes.client.Configuration, label: str
         # persist_config=False: a refreshed token is never written back into the user's file.
         kubernetes.config.load_kube_config(config_file=path, client_configuration=cfg, persist_config=False)
     except yaml.YAMLError as e:
-        raise BadInput(f"{label}: not valid YAML: {_first_line(e)}") from None
+        raise BadInput(f"{label}: not valid YAML: {first_line(e)}") from None
     except (ConfigException, OSError, ValueError, TypeError, KeyError, AttributeError) as e:
         # The loader indexes into the parsed document: a wrong shape shows up as one of these.
-        raise BadInput(f"{label}: {_first_line(e) or _type_name(e)}") from None
+        raise BadInput(f"{label}: {first_line(e)}") from None
 
 
 def _status_message(e: ApiException) -> str:
@@ -336,8 +336,8 @@ def _status_message(e: ApiException) -> str:
     except (ValueError, TypeError):
         body = None
     if isinstance(body, dict) and body.get("kind") == "Status" and isinstance(body.get("message"), str):
-        return _one_line(body["message"])
-    return _one_line(str(e.reason or "")) or "(no message)"
+        return one_line(body["message"])
+    return one_line(str(e.reason or "")) or "(no message)"
 
 
 def _retry_delay(e: ApiException, attempt: int) -> float:
@@ -363,7 +363,7 @@ def _transport_cause(e: BaseException) -> str:
             if isinstance(arg, ssl.SSLCertVerificationError):
                 return f"TLS certificate verification failed: {arg.verify_message or arg.reason}"
             if isinstance(arg, ssl.SSLError):
-                return f"TLS error: {arg.reason or _first_line(arg)}"
+                return f"TLS error: {arg.reason or first_line(arg)}"
     for x in chain:
         if isinstance(x, socket.gaierror):
             return f"cannot resolve the host name ({x.strerror or x})"
@@ -375,7 +375,7 @@ def _transport_cause(e: BaseException) -> str:
             return "timed out"
         if isinstance(x, OSError) and x.strerror:
             return x.strerror.lower() if x.strerror[:1].isupper() and x.strerror[1:2].islower() else x.strerror
-    return _reason_line(str(e)) or _type_name(e)
+    return _reason_line(str(e)) or type(e).__name__
 
 
 def _reason_line(text: Any) -> str:
@@ -385,14 +385,3 @@ def _reason_line(text: Any) -> str:
     return re.sub(r"<[^>]* object at 0x[0-9a-f]+>:?\s*", "", line).strip()
 
 
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else ""
-
-
-def _type_name(e: BaseException) -> str:
-    return type(e).__name__

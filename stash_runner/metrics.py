@@ -28,6 +28,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import basic_auth_handler, default_handler, pushadd_to_gateway
 from prometheus_client.metrics_core import Metric
 
+from .errors import describe
+
 if TYPE_CHECKING:
     from .maintenance import PostBackup
     from .objects import BackendSpec
@@ -371,7 +373,7 @@ def push(url: str, job: str, registry: CollectorRegistry, *, grouping: Mapping[s
         pushadd_to_gateway(safe_url, job=job, registry=registry, grouping_key=dict(grouping or {}),
                            timeout=timeout, handler=handler)
     except Exception as e:  # anything (refused, timeout, HTTP 4xx/5xx, a bad URL) is only a warning
-        reason = " ".join(str(e).split()) or type(e).__name__
+        reason = describe(e)
         if password:
             reason = reason.replace(password, "***")
         log.warning("metrics not pushed to the Pushgateway at %s (job %s): %s", safe_url, job, reason[:300])

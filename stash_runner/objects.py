@@ -16,7 +16,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 import yaml
 
-from .errors import BadInput
+from .errors import BadInput, first_line
 
 
 class ObjectSource(Protocol):
@@ -39,7 +39,7 @@ class FileSource:
         except OSError as e:
             raise BadInput(f"--objects {file}: {e.strerror}") from None
         except yaml.YAMLError as e:
-            raise BadInput(f"--objects {file}: not valid YAML: {_first_line(e)}") from None
+            raise BadInput(f"--objects {file}: not valid YAML: {first_line(e)}") from None
         for doc in docs:
             self._add(doc, file)
 
@@ -78,10 +78,6 @@ def _files(path: str) -> list[str]:
     if not os.path.exists(path):
         raise BadInput(f"--objects {path}: no such file or directory")
     return [path]
-
-
-def _first_line(e: Exception) -> str:
-    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
 # -- typed views ------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from typing import Protocol
 from prometheus_client import CollectorRegistry
 
 from . import metrics, status
-from .errors import ClusterError, RunnerError
+from .errors import ClusterError, RunnerError, one_line
 from .maintenance import PostBackup
 from .objects import Repository
 from .output import HostResult
@@ -67,10 +67,6 @@ def _seconds_since(created: str) -> float:
         return 0.0
 
 
-def _one_line(msg: str) -> str:
-    return " ".join(str(msg).split())
-
-
 @dataclass
 class _Write:
     """The status before and after the write that landed (the change may run several times)."""
@@ -110,10 +106,9 @@ class _Reporter:
     def host_done(self, host: HostResult) -> object:
         raise NotImplementedError
 
-    def fail(self, hostname: str, error: BaseException, duration: float) -> bool:
-        """Report a failure after the session is known; never raises (the original error is what counts).
+    def fail(self, host: HostResult) -> bool:
+        """Report a failed host after the session is known; never raises (the original error is what counts).
         Returns whether the status was written."""
-        host = HostResult(hostname, status.FAILED, duration, _one_line(str(error) or type(error).__name__))
         try:
             self.host_done(host)
         except (RunnerError, OSError) as e:
@@ -123,7 +118,7 @@ class _Reporter:
 
     def _event(self, reason: str, message: str, warning: bool = False) -> None:
         if self.writer is not None:
-            self.writer.event(self.obj, reason=reason, message=_one_line(message)[:1024],
+            self.writer.event(self.obj, reason=reason, message=one_line(message)[:1024],
                               type="Warning" if warning else "Normal", component=COMPONENT)
 
 
@@ -163,7 +158,7 @@ class BackupReporter(_Reporter):
                                    "Repository was initialized in the backend." if initialized
                                    else "Repository exist in the backend."))
         if ref is None:  # the target never became known: the session fails as a whole
-            w = self._write(lambda st: status.fail_session(st, "BackupFailed", _one_line(host.error),
+            w = self._write(lambda st: status.fail_session(st, "BackupFailed", one_line(host.error),
                                                            created=self.session.created, now=when))
         else:
             w = self._write(lambda st: status.record_backup_host(
@@ -239,7 +234,7 @@ class BackupReporter(_Reporter):
 def _verdict(type_: str, error: BaseException | None, ok_reason: str, ok_message: str, bad_reason: str) -> Condition:
     if error is None:
         return Condition(type_, True, ok_reason, ok_message)
-    return Condition(type_, False, bad_reason, _one_line(str(error))[:1024])
+    return Condition(type_, False, bad_reason, one_line(str(error))[:1024])
 
 
 class RestoreReporter(_Reporter):

@@ -22,12 +22,6 @@ if TYPE_CHECKING:
     from .kube import Cluster
 
 
-def object_source(paths: tuple[str, ...] | list[str]) -> ObjectSource:
-    if not paths:
-        raise BadInput("no object source: give --objects FILE|DIR with the AppBinding, Repository and Secrets")
-    return FileSource(list(paths))
-
-
 @contextlib.contextmanager
 def open_objects(paths: tuple[str, ...] | list[str], kubeconfig: str = "",
                  environ: Mapping[str, str] | None = None) -> Iterator[tuple[ObjectSource, Cluster | None]]:

@@ -16,6 +16,7 @@ from .progress import Progress
 from .reader import find_file, iter_content
 from .repository import Repository
 from .snapshot import Snapshot
+from .units import rate, stash_bytes
 
 log = logging.getLogger("stash_runner")
 
@@ -64,4 +65,7 @@ def run_restore(plan: RestorePlan) -> RestoreResult:
     progress = Progress("restore", lambda: count[0], interval=plan.progress_interval)
     with RepositoryLock(repo, wait=plan.lock_wait), progress:
         plan.driver.restore(counted(iter_content(repo, node)))
-    return RestoreResult(snap, count[0], time.monotonic() - started)
+    result = RestoreResult(snap, count[0], time.monotonic() - started)
+    log.info("restored snapshot %s: %s in %.1f s (%s)", snap.short_id, stash_bytes(result.bytes_restored),
+             result.seconds, rate(result.bytes_restored, result.seconds))
+    return result

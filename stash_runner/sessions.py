@@ -147,10 +147,8 @@ class BackupInvoker:
         if kind == "BackupBatch":
             members = field_at(obj, "spec.members", ref, kind=list)
             targets = tuple(_member(m, ref, f"spec.members[{i}]") for i, m in enumerate(members))
-        else:
-            target = field_at(obj, "spec.target", ref, kind=dict)
-            targets = (BackupTarget(ObjectRef.from_json(target.get("ref"), ref, "spec.target.ref"),
-                                    str(target.get("alias") or ""), _params(spec.get("task"))),)
+        else:  # a BackupConfiguration's spec has a member's shape: target and task
+            targets = (_member(spec, ref, "spec"),)
         return cls(kind, name, ns, repo, repo_ns, targets, Retention.from_spec(spec.get("retentionPolicy"), ref),
                    _timeout(spec, ref))
 

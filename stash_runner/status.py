@@ -102,6 +102,16 @@ def _target(status: Mapping, ref: Mapping) -> dict | None:
     return None
 
 
+def _target_entry(status: dict, ref: Mapping, total_hosts: int) -> dict:
+    """The target's entry in ``status`` (created when missing); a host count already there is kept."""
+    entry = _target(status, ref)
+    if entry is None:
+        entry = {"ref": dict(ref), "totalHosts": total_hosts, "stats": []}
+        status.setdefault("targets", []).append(entry)
+    entry.setdefault("totalHosts", total_hosts)
+    return entry
+
+
 def backup_session_phase(status: Mapping, expected_targets: int) -> str:
     """Failed as soon as a target or a required post-backup action failed; Succeeded once every target
     succeeded and the post-backup actions are done; Running in between."""
@@ -138,12 +148,7 @@ def start_backup_target(status: Mapping, ref: Mapping, total_hosts: int, *, expe
                         now: str) -> dict:
     """The target entry with its host count, and the session Running, before the backup starts."""
     new = copy.deepcopy(dict(status))
-    targets = new.setdefault("targets", [])
-    entry = _target(new, ref)
-    if entry is None:
-        entry = {"ref": dict(ref), "totalHosts": total_hosts, "phase": RUNNING, "stats": []}
-        targets.append(entry)
-    entry.setdefault("totalHosts", total_hosts)
+    entry = _target_entry(new, ref, total_hosts)
     if entry.get("phase") not in TERMINAL:
         entry["phase"] = RUNNING
     return _with_session_phase(new, expected_targets, created, now)
@@ -153,11 +158,7 @@ def record_backup_host(status: Mapping, ref: Mapping, host: Mapping, *, total_ho
                        created: str, now: str, conditions: Iterable[Condition] = ()) -> dict:
     """A host's result (output.json's ``stats`` entry) under its target; target and session phases follow."""
     new = copy.deepcopy(dict(status))
-    entry = _target(new, ref)
-    if entry is None:
-        entry = {"ref": dict(ref), "totalHosts": total_hosts, "stats": []}
-        new.setdefault("targets", []).append(entry)
-    entry.setdefault("totalHosts", total_hosts)
+    entry = _target_entry(new, ref, total_hosts)
     entry["stats"] = _upsert_host(entry.get("stats") or [], host)
     entry["phase"] = _hosts_phase(entry["stats"], int(entry.get("totalHosts") or total_hosts))
     if conditions:

@@ -52,7 +52,8 @@ schema validation, ``dryRun`` other than "All" (which skips storing), list snaps
 current state).
 
 Test helpers: ``seed``, ``get``, ``list_objects``, ``mutate`` (a concurrent writer), ``remove``, ``requests`` (log),
-``conflict_next`` and ``fail_next`` (fault injection), ``kubeconfig``.
+``conflict_next`` and ``fail_next`` (fault injection), ``hold_gets`` (forces concurrent readers to collide),
+``kubeconfig``.
 """
 
 from __future__ import annotations
@@ -449,6 +450,7 @@ class KubeAPIServer:
         self._grants: dict[str, _Grant] = {}
         self._conflicts: dict[tuple[str, str, str, str], int] = {}
         self._failures: list[list[Any]] = []  # [remaining, code, method, path_contains]
+        self._holds: dict[tuple[str, str, str, str], list[Any]] = {}  # key -> [remaining GETs, barrier]
         self._host, self._port = host, port
         self.tls = tls
         self._httpd: _HTTPServer | None = None
@@ -528,6 +530,16 @@ class KubeAPIServer:
         """The next ``n`` API requests matching ``method``/``path_contains`` fail with ``code`` (500, 503, 429, 504)."""
         with self._lock:
             self._failures.append([n, code, method, path_contains])
+
+    def hold_gets(self, group: str, plural: str, namespace: str | None, name: str, parties: int, rounds: int = 1,
+                  timeout: float = 120.0) -> None:
+        """The next ``parties * rounds`` GETs of this object are answered in rounds of ``parties``: each GET reads
+        the object, then waits until ``parties`` GETs have read it. Nobody can write between those reads (a writer
+        reads first), so all of a round see one resourceVersion, and their writes must conflict: concurrency made
+        certain instead of left to timing. A round that does not fill within ``timeout`` lets its GETs go."""
+        with self._lock:
+            self._holds[(group, plural, namespace or "", name)] = [parties * rounds,
+                                                                    threading.Barrier(parties, timeout=timeout)]
 
     # direct access to the store (no authorization, no subresource rules)
 
@@ -615,6 +627,15 @@ class KubeAPIServer:
             self.requests.clear()
 
     # storage internals (callers hold the lock)
+
+    def _held(self, key: tuple[str, str, str, str]) -> threading.Barrier | None:
+        hold = self._holds.get(key)
+        if hold is None:
+            return None
+        hold[0] -= 1
+        if hold[0] <= 0:
+            del self._holds[key]
+        return hold[1]
 
     def _key(self, rt: Resource, namespace: str | None, name: str) -> tuple[str, str, str, str]:
         group, plural = rt.storage_key
@@ -787,10 +808,18 @@ class KubeAPIServer:
             if (failure := self._injected_failure(method, path)) is not None:
                 raise failure
             if verb == "get":
-                stored = self._store.get(self._key(rt, namespace, name or ""))
+                key = self._key(rt, namespace, name or "")
+                stored = self._store.get(key)
                 if stored is None:
                     raise not_found(rt, name or "")
-                return 200, self._served(rt, stored), {}
+                served = self._served(rt, stored)
+                barrier = self._held(key)
+        if verb == "get":
+            if barrier is not None:
+                with contextlib.suppress(threading.BrokenBarrierError):
+                    barrier.wait()  # outside the lock: the other readers of this round must get in
+            return 200, served, {}
+        with self._lock:
             if verb == "list":
                 return 200, self._list(rt, namespace, query), {}
             if verb == "create":

@@ -332,7 +332,8 @@ def update_restore_status(rep: Reporting, namespace: str, name: str, output_dir:
         return hosts
     session = read_restore_session(rep.source, namespace, name)
     target = session.target
-    mtarget = metrics.Target.from_ref(target.json()) if target is not None else None
+    mtarget = metrics.Target.from_ref(target.json(), _app_type(rep.source, target, namespace)) \
+        if target is not None else None
     reporter = RestoreReporter(rep.writer, session, rep.pusher("RestoreSession", session.name, namespace,
                                                                session.repository), mtarget,
                                total_hosts=max(1, len(hosts)))

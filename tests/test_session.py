@@ -480,6 +480,27 @@ def test_restore_session_restores_and_reports(cmd, kube, source_pg, fresh_pg, re
     assert value(gateway, job, "stash_appscode_com_restoresession_host_restore_success", hostname="host-0") == 1
 
 
+def test_update_status_reports_a_stash_images_restore_output(kube, source_pg, repo_dir, tmp_path, gateway):
+    """Our update-status after Stash's own restore image: the host goes into the RestoreSession's status, and
+    its metrics carry the application's labels (the AppBinding's spec.type), as the restore step's do."""
+    kc = seed(kube, tmp_path, restore_session("r3"), pg=source_pg, repo_dir=repo_dir)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "output.json").write_text(json.dumps({"targetStatus": {
+        "ref": {"apiVersion": "appcatalog.appscode.com/v1alpha1", "kind": "AppBinding", "name": "pg"},
+        "stats": [{"hostname": "host-0", "phase": "Succeeded", "duration": "3.1s"}]}}))
+    r = runner("update-status", "--namespace", NS, "--restoresession", "r3", "--output-dir", str(out),
+               "--metrics-pushgateway-url", gateway.url, "--kubeconfig", kc)
+    assert r.returncode == 0, r.stderr.decode()
+    st = kube.get(*STASH, "restoresessions", NS, "r3")["status"]
+    assert st["phase"] == "Succeeded" and [(h["hostname"], h["phase"]) for h in st["stats"]] == \
+        [("host-0", "Succeeded")]
+    assert reasons(kube) == ["HostRestoreSucceeded", "RestoreSessionSucceeded"]
+    [labels] = family(gateway, "restoresession-demo-r3", "stash_appscode_com_restoresession_host_restore_success",
+                      hostname="host-0")
+    assert ("kind", "postgres") in labels and ("group", "kubedb.com") in labels and ("name", "pg") in labels
+
+
 def test_restore_session_failure_is_reported(kube, source_pg, repo_dir, tmp_path, gateway):
     objects = objects_yaml(str(tmp_path / "src.yaml"), cluster=source_pg, repo_dir=repo_dir, namespace=NS)
     runner("backup", "--objects", objects, "-n", NS, "--appbinding", "pg", "--repository", "repo", check=True)

@@ -51,6 +51,7 @@ from .restore import RestorePlan, run_restore
 from .retention import Policy
 from .sessions import Retention
 from .stats import run_stats
+from .status import SUCCEEDED
 from .units import stash_bytes
 
 if TYPE_CHECKING:
@@ -230,9 +231,11 @@ def _flags_storage(source, kw: dict, namespace: str = "", repository: str = "") 
     )
 
 
-def _pg_driver_options(kw: dict, backup_cmd: str = "") -> DriverOptions:
+def _driver_options(kw: dict, backup_cmd: str = "") -> DriverOptions:
+    """The driver flags. --driver "" means the AppBinding's spec.type; Stash's postgres spellings (backup-pg,
+    restore-pg) have no --driver and are postgres."""
     return DriverOptions(backup_cmd=backup_cmd, pg_args=kw["pg_args"], user=kw["user"],
-                         scratch_dir=kw["scratch_dir"], driver="postgres")
+                         scratch_dir=kw["scratch_dir"], driver=kw.get("driver", "postgres"))
 
 
 def _with_driver(storage: Storage, source: ObjectSource, namespace: str, appbinding: str, opts: DriverOptions):
@@ -247,7 +250,7 @@ def _with_driver(storage: Storage, source: ObjectSource, namespace: str, appbind
 def _flags_storage_and_driver(source: ObjectSource, kw: dict, backup_cmd: str = "pg_dumpall"):
     """Storage from Stash's flags, then the postgres driver."""
     return _with_driver(_flags_storage(source, kw), source, kw["appbinding_namespace"] or kw["namespace"],
-                        kw["appbinding"], _pg_driver_options(kw, backup_cmd))
+                        kw["appbinding"], _driver_options(kw, backup_cmd))
 
 
 def _session_storage(source: ObjectSource, kw: dict) -> StorageOpener:
@@ -291,7 +294,7 @@ def _run_host(output_dir: str, target: str, hostname: str,
         raise
     snap, repository = outcome if outcome else (None, None)
     if output_dir:
-        write_output(output_dir, target, HostResult(hostname, "Succeeded", time.monotonic() - started,
+        write_output(output_dir, target, HostResult(hostname, SUCCEEDED, time.monotonic() - started,
                                                     snapshots=[snap] if snap else []), repository=repository)
 
 
@@ -365,8 +368,7 @@ def backup(**kw) -> None:
     With --retention-keep-* the policy is applied afterwards (forget, and prune with --retention-prune),
     and the repository's size and snapshot count go into output.json.
     """
-    opts = DriverOptions(backup_cmd=kw["backup_cmd"], pg_args=kw["pg_args"], user=kw["user"],
-                         scratch_dir=kw["scratch_dir"], driver=kw["driver"])
+    opts = _driver_options(kw, kw["backup_cmd"])
     if kw["backupsession"]:
         _backup_session(kw, opts, list(kw["tags"]), kw["compression_level"], kw["workers"])
         return
@@ -425,7 +427,7 @@ def _restore_session(kw: dict, opts: DriverOptions) -> None:
 def backup_pg(**kw) -> None:
     """Stash's postgres addon spelling of `backup` (same flags as its image)."""
     if kw["backupsession"]:
-        _backup_session(kw, _pg_driver_options(kw, kw["backup_cmd"]), [], compression.DEFAULT_LEVEL, None)
+        _backup_session(kw, _driver_options(kw, kw["backup_cmd"]), [], compression.DEFAULT_LEVEL, None)
         return
 
     def work() -> tuple[SnapshotStats, dict | None]:
@@ -453,7 +455,7 @@ def backup_pg(**kw) -> None:
 @_report_options
 def restore(**kw) -> None:
     """Restore a snapshot into the database of an AppBinding."""
-    opts = DriverOptions(pg_args=kw["pg_args"], user=kw["user"], scratch_dir=kw["scratch_dir"], driver=kw["driver"])
+    opts = _driver_options(kw)
     if kw["restoresession"]:
         _restore_session(kw, opts)
         return
@@ -477,7 +479,7 @@ def restore(**kw) -> None:
 def restore_pg(**kw) -> None:
     """Stash's postgres addon spelling of `restore` (same flags as its image)."""
     if kw["restoresession"]:
-        _restore_session(kw, _pg_driver_options(kw))
+        _restore_session(kw, _driver_options(kw))
         return
     hostname = kw["hostname"] or "host-0"
 
@@ -512,7 +514,7 @@ def update_status(**kw) -> None:
                 kw["output_dir"], kw["target_name"], kw["target_kind"], kw["lock_wait"]), _session_storage(source, kw))
         else:
             hosts = update_restore_status(rep, kw["namespace"], kw["restoresession"], kw["output_dir"])
-    failed = [h for h in hosts if h.phase != "Succeeded"]
+    failed = [h for h in hosts if h.phase != SUCCEEDED]
     if failed:
         raise RunnerError(f"host {failed[0].hostname} failed: {failed[0].error or 'no reason given'}")
 

@@ -32,6 +32,7 @@ from .sessions import (
     BackupInvoker,
     BackupTarget,
     ObjectRef,
+    RestoreSession,
     Retention,
     read_backup_session,
     read_restore_session,
@@ -137,10 +138,8 @@ def backup_session(rep: Reporting, namespace: str, name: str, settings: BackupSe
     reported = False
     try:
         invoker = session.invoker(rep.source)
-        reporter.pusher.invoker = dataclasses.replace(reporter.pusher.invoker, repository=invoker.repository)
         target = invoker.target(settings.target_name)
-        reporter.set_target(target.ref, app_type=_app_type(rep.source, target.ref, namespace),
-                            expected_targets=len(invoker.targets))
+        _aim(reporter, rep.source, invoker, target, namespace)
         reporter.started()
         with deadline(invoker.timeout, f"{invoker.ref}: spec.timeOut"):
             host, outcome, storage = _backup_target(rep.source, invoker, target, settings, open_storage, started)
@@ -164,6 +163,14 @@ def backup_session(rep: Reporting, namespace: str, name: str, settings: BackupSe
                 write_output(settings.output_dir, reporter.target_ref["name"], failed,
                              reported=recorded and rep.writer is not None, ref=reporter.target_ref)
         raise
+
+
+def _aim(reporter: BackupReporter, source: ObjectSource, invoker: BackupInvoker, target: BackupTarget,
+         namespace: str, total_hosts: int = 1) -> None:
+    """Point the reporter at the target once the invoker is read: its metrics name the invoker's Repository."""
+    reporter.pusher.invoker = dataclasses.replace(reporter.pusher.invoker, repository=invoker.repository)
+    reporter.set_target(target.ref, app_type=_app_type(source, target.ref, namespace),
+                        expected_targets=len(invoker.targets), total_hosts=total_hosts)
 
 
 def _backup_target(source: ObjectSource, invoker: BackupInvoker, target: BackupTarget, settings: BackupSettings,
@@ -227,15 +234,21 @@ class RestoreSettings:
     appbinding: str = ""  # "" : the session's target
 
 
+def _restore_reporter(rep: Reporting, session: RestoreSession, namespace: str,
+                      total_hosts: int = 1) -> RestoreReporter:
+    target = session.target
+    mtarget = metrics.Target.from_ref(target.json(), _app_type(rep.source, target, namespace)) \
+        if target is not None else None
+    pusher = rep.pusher("RestoreSession", session.name, namespace, session.repository)
+    return RestoreReporter(rep.writer, session, pusher, mtarget, total_hosts=total_hosts)
+
+
 def restore_session(rep: Reporting, namespace: str, name: str, settings: RestoreSettings,
                     open_storage: StorageOpener) -> HostResult:
     """Restore this host of a RestoreSession and report it; raises after reporting a failure."""
     session = read_restore_session(rep.source, namespace, name)
     target = session.target
-    mtarget = metrics.Target.from_ref(target.json(), _app_type(rep.source, target, namespace)) \
-        if target is not None else None
-    reporter = RestoreReporter(rep.writer, session, rep.pusher("RestoreSession", session.name, namespace,
-                                                               session.repository), mtarget)
+    reporter = _restore_reporter(rep, session, namespace)
     started = time.monotonic()
     reported = False
     appbinding = settings.appbinding or (target.name if target is not None else "")
@@ -291,23 +304,30 @@ class UpdateStatusSettings:
     retention: Retention | None = None
 
 
+def _step_output(output_dir: str, step: str) -> tuple[list[HostResult], dict | None]:
+    """The hosts of the ``step``'s (backup or restore) output.json, and the document; None for it when the step
+    already wrote the status (nothing is left to report)."""
+    doc = read_output(output_dir)
+    hosts = [HostResult.from_json(h) for h in doc["targetStatus"]["stats"]]
+    if doc.get(REPORTED):
+        log.info("%s: the %s step already wrote the status; nothing to do", output_dir, step)
+        return hosts, None
+    return hosts, doc
+
+
 def update_backup_status(rep: Reporting, namespace: str, name: str, settings: UpdateStatusSettings,
                          open_storage: StorageOpener) -> list[HostResult]:
     """Stash's update-status for a BackupSession: output.json's hosts into status, then (once per session)
     the post-backup actions. Returns the hosts; the caller fails the run when one of them failed."""
-    doc = read_output(settings.output_dir)
-    hosts = [HostResult.from_json(h) for h in doc["targetStatus"]["stats"]]
-    if doc.get(REPORTED):
-        log.info("%s: the backup step already wrote the status; nothing to do", settings.output_dir)
+    hosts, doc = _step_output(settings.output_dir, "backup")
+    if doc is None:
         return hosts
     session = read_backup_session(rep.source, namespace, name)
     reporter = BackupReporter(rep.writer, session, rep.pusher(session.invoker_kind, session.invoker_name, namespace))
     invoker = session.invoker(rep.source)
-    reporter.pusher.invoker = dataclasses.replace(reporter.pusher.invoker, repository=invoker.repository)
     ref_name = settings.target_name or ((doc["targetStatus"].get("ref") or {}).get("name") or "")
     target = invoker.target(ref_name, settings.target_kind)
-    reporter.set_target(target.ref, app_type=_app_type(rep.source, target.ref, namespace),
-                        expected_targets=len(invoker.targets), total_hosts=max(1, len(hosts)))
+    _aim(reporter, rep.source, invoker, target, namespace, total_hosts=max(1, len(hosts)))
     run_post = False
     for host in hosts:
         run_post = reporter.host_done(host) or run_post
@@ -325,18 +345,11 @@ def update_backup_status(rep: Reporting, namespace: str, name: str, settings: Up
 
 def update_restore_status(rep: Reporting, namespace: str, name: str, output_dir: str) -> list[HostResult]:
     """Stash's update-status for a RestoreSession: output.json's hosts into status."""
-    doc = read_output(output_dir)
-    hosts = [HostResult.from_json(h) for h in doc["targetStatus"]["stats"]]
-    if doc.get(REPORTED):
-        log.info("%s: the restore step already wrote the status; nothing to do", output_dir)
+    hosts, doc = _step_output(output_dir, "restore")
+    if doc is None:
         return hosts
     session = read_restore_session(rep.source, namespace, name)
-    target = session.target
-    mtarget = metrics.Target.from_ref(target.json(), _app_type(rep.source, target, namespace)) \
-        if target is not None else None
-    reporter = RestoreReporter(rep.writer, session, rep.pusher("RestoreSession", session.name, namespace,
-                                                               session.repository), mtarget,
-                               total_hosts=max(1, len(hosts)))
+    reporter = _restore_reporter(rep, session, namespace, total_hosts=max(1, len(hosts)))
     for host in hosts:
         reporter.host_done(host)
     return hosts

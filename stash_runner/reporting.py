@@ -74,6 +74,12 @@ class _Write:
     old: dict = field(default_factory=dict)
     new: dict = field(default_factory=dict)
 
+    @property
+    def ended(self) -> str | None:
+        """The final phase when this write is the one that ended the session, else None."""
+        phase = self.new.get("phase")
+        return phase if phase in status.TERMINAL and self.old.get("phase") != phase else None
+
 
 class _Reporter:
     kind = ""
@@ -122,6 +128,23 @@ class _Reporter:
                               type="Warning" if warning else "Normal", component=COMPONENT)
 
 
+    def _host_event(self, action: str, host: HostResult) -> None:
+        """Stash's Host<Action>Succeeded / Host<Action>Failed (with the reason) for one host."""
+        if host.phase == status.SUCCEEDED:
+            self._event(f"Host{action}Succeeded", f"{action} succeeded for host {host.hostname}.")
+        else:
+            self._event(f"Host{action}Failed", f"{action} failed for host {host.hostname}: {host.error}",
+                        warning=True)
+
+    def _session_ended(self, action: str, phase: str) -> None:
+        """Stash's <Action>SessionSucceeded / <Action>SessionFailed Event, and a log line."""
+        if phase == status.SUCCEEDED:
+            self._event(f"{action}SessionSucceeded", f"{action} session completed successfully.")
+        else:
+            self._event(f"{action}SessionFailed", f"{action} session failed.", warning=True)
+        log.info("%s %s", self.ref, phase.lower())
+
+
 class BackupReporter(_Reporter):
     kind = "BackupSession"
 
@@ -165,10 +188,7 @@ class BackupReporter(_Reporter):
                 st, ref, host.to_json(), total_hosts=self.total_hosts, expected_targets=self.expected_targets,
                 created=self.session.created, now=when, conditions=conds))
         ok = host.phase == status.SUCCEEDED
-        if ok:
-            self._event("HostBackupSucceeded", f"Backup succeeded for host {host.hostname}.")
-        else:
-            self._event("HostBackupFailed", f"Backup failed for host {host.hostname}: {host.error}", warning=True)
+        self._host_event("Backup", host)
         if self.metrics_target is not None:
             self.pusher.push(metrics.backup_host_metrics(self.pusher.invoker, self.metrics_target, [host]),
                              grouping=metrics.host_grouping(host.hostname))
@@ -213,8 +233,8 @@ class BackupReporter(_Reporter):
 
     def _maybe_finished(self, w: _Write) -> None:
         """The write that ended the session pushes the session metrics and says so in an Event."""
-        phase = w.new.get("phase")
-        if phase not in status.TERMINAL or w.old.get("phase") == phase:
+        phase = w.ended
+        if phase is None:
             return
         ok = phase == status.SUCCEEDED
         targets = [metrics.TargetOutcome(
@@ -224,11 +244,7 @@ class BackupReporter(_Reporter):
         self.pusher.push(metrics.backup_session_metrics(self.pusher.invoker, targets,
                                                         duration_seconds=_seconds_since(self.session.created),
                                                         succeeded=ok))
-        if ok:
-            self._event("BackupSessionSucceeded", "Backup session completed successfully.")
-        else:
-            self._event("BackupSessionFailed", "Backup session failed.", warning=True)
-        log.info("%s %s", self.ref, phase.lower())
+        self._session_ended("Backup", phase)
 
 
 def _verdict(type_: str, error: BaseException | None, ok_reason: str, ok_message: str, bad_reason: str) -> Condition:
@@ -252,21 +268,15 @@ class RestoreReporter(_Reporter):
         when = _now()
         w = self._write(lambda st: status.record_restore_host(st, host.to_json(), total_hosts=self.total_hosts,
                                                               created=self.session.created, now=when))
-        if host.phase == status.SUCCEEDED:
-            self._event("HostRestoreSucceeded", f"Restore succeeded for host {host.hostname}.")
-        else:
-            self._event("HostRestoreFailed", f"Restore failed for host {host.hostname}: {host.error}", warning=True)
+        self._host_event("Restore", host)
         if self.target is not None:
             self.pusher.push(metrics.restore_host_metrics(self.pusher.invoker, self.target, [host]),
                              grouping=metrics.host_grouping(host.hostname))
-        phase = w.new.get("phase")
-        if phase in status.TERMINAL and w.old.get("phase") != phase:
+        phase = w.ended
+        if phase is not None:
             ok = phase == status.SUCCEEDED
             outcome = [metrics.TargetOutcome(self.target, ok, w.new.get("totalHosts"))] if self.target else []
             self.pusher.push(metrics.restore_session_metrics(self.pusher.invoker, outcome,
                                                              duration_seconds=_seconds_since(self.session.created),
                                                              succeeded=ok))
-            self._event("RestoreSessionSucceeded" if ok else "RestoreSessionFailed",
-                        "Restore session completed successfully." if ok else "Restore session failed.",
-                        warning=not ok)
-            log.info("%s %s", self.ref, phase.lower())
+            self._session_ended("Restore", phase)

@@ -120,8 +120,7 @@ def backup_session_phase(status: Mapping, expected_targets: int) -> str:
         return FAILED
     if any(condition(status, c) is False for c in REQUIRED_POST_BACKUP + (SESSION_FAILED,)):
         return FAILED
-    succeeded = sum(1 for t in targets if t.get("phase") == SUCCEEDED)
-    if succeeded < max(expected_targets, 1):
+    if not all_targets_succeeded(status, expected_targets):  # no target failed (above): some are still running
         return RUNNING
     if any(condition(status, c) is None for c in REQUIRED_POST_BACKUP):
         return RUNNING

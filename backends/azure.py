@@ -27,10 +27,11 @@ from requests.adapters import HTTPAdapter
 from urllib3.exceptions import InsecureRequestWarning
 from urllib3.util.retry import Retry
 
+from stash_runner.credentials import Credentials
 from stash_runner.errors import BadInput
-from stash_runner.objects import BackendSpec, Secret
 
 from .base import AccessDeniedError, Backend, BackendError, FileType, Handle, NotFoundError, TransientError
+from .spec import BackendSpec
 
 DEFAULT_CONNECTIONS = 5
 DEFAULT_ENDPOINT_SUFFIX = "core.windows.net"
@@ -61,7 +62,7 @@ def redact(text: str) -> str:
     return _SECRET_PARAM.sub(r"\1=REDACTED", _QUERY.sub("", text))
 
 
-def _lookup(key: str, secret: Secret, environ: Mapping[str, str]) -> str | None:
+def _lookup(key: str, secret: Credentials, environ: Mapping[str, str]) -> str | None:
     """A setting from the storage Secret, else from the environment (as restic reads it)."""
     value = secret.get(key, required=False)
     if value is None:
@@ -85,7 +86,7 @@ class AzureBackend(Backend):
         return f"AzureBackend({self.location})"
 
     @classmethod
-    def from_spec(cls, spec: BackendSpec, secret: Secret, where: str, *, timeout: float,
+    def from_spec(cls, spec: BackendSpec, secret: Credentials, where: str, *, timeout: float,
                   environ: Mapping[str, str]) -> AzureBackend:
         container = spec.bucket
         if not _CONTAINER.match(container):

@@ -5,17 +5,18 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
+from stash_runner.credentials import Credentials
 from stash_runner.errors import BadInput
-from stash_runner.objects import BackendSpec, Secret
 
 from .base import Backend
 from .local import LocalBackend
 from .retry import RetryBackend, RetryPolicy
+from .spec import BackendSpec
 
 SUPPORTED = ("local", "s3", "gcs", "azure")
 
 
-def open_backend(spec: BackendSpec, secret: Secret, where: str, policy: RetryPolicy | None = None,
+def open_backend(spec: BackendSpec, secret: Credentials, where: str, policy: RetryPolicy | None = None,
                  environ: Mapping[str, str] | None = None) -> Backend:
     """``where`` names the object or flags the spec came from, for error messages.
 

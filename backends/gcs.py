@@ -28,10 +28,11 @@ from google.cloud import storage
 from google.cloud.storage import exceptions as media
 from google.oauth2 import service_account
 
+from stash_runner.credentials import Credentials
 from stash_runner.errors import BadInput
-from stash_runner.objects import BackendSpec, Secret
 
 from .base import AccessDeniedError, Backend, BackendError, FileType, Handle, NotFoundError, TransientError
+from .spec import BackendSpec
 
 KEY_FIELD = "GOOGLE_SERVICE_ACCOUNT_JSON_KEY"
 PROJECT_FIELD = "GOOGLE_PROJECT_ID"
@@ -65,7 +66,7 @@ class GCSBackend(Backend):
         self._timeout = (timeout, timeout)
 
     @classmethod
-    def from_spec(cls, spec: BackendSpec, secret: Secret, where: str, *, timeout: float,
+    def from_spec(cls, spec: BackendSpec, secret: Credentials, where: str, *, timeout: float,
                   environ: Mapping[str, str]) -> GCSBackend:
         connections = spec.max_connections if spec.max_connections > 0 else DEFAULT_CONNECTIONS
         client = make_client(secret, environ, connections, endpoint=spec.endpoint)
@@ -184,7 +185,8 @@ class GCSBackend(Backend):
         self.client.close()
 
 
-def make_client(secret: Secret, environ: Mapping[str, str], connections: int, endpoint: str = "") -> storage.Client:
+def make_client(secret: Credentials, environ: Mapping[str, str], connections: int,
+                endpoint: str = "") -> storage.Client:
     """A storage client with explicit credentials, endpoint and a connection pool for ``connections``."""
     raw_key = secret.get_bytes(KEY_FIELD)
     # Loaded even when an emulator is used: a broken key is a broken Secret either way (no network here).
@@ -221,7 +223,7 @@ def make_client(secret: Secret, environ: Mapping[str, str], connections: int, en
         raise BadInput(f"{secret.ref}: the GCS client cannot be set up with these credentials: {_scrub(e)}") from None
 
 
-def _service_account_credentials(secret: Secret, raw: bytes) -> service_account.Credentials:
+def _service_account_credentials(secret: Credentials, raw: bytes) -> service_account.Credentials:
     where = f"{secret.ref}: data.{KEY_FIELD}"
     try:
         info = json.loads(raw)

@@ -14,10 +14,11 @@ import botocore.config
 import botocore.exceptions
 import urllib3.exceptions
 
+from stash_runner.credentials import Credentials
 from stash_runner.errors import BadInput
-from stash_runner.objects import BackendSpec, Secret
 
 from .base import AccessDeniedError, Backend, BackendError, FileType, Handle, NotFoundError, TransientError
+from .spec import BackendSpec
 
 DEFAULT_CONNECTIONS = 5
 _NOT_FOUND = {"404", "NoSuchKey", "NotFound", "NoSuchBucket"}
@@ -62,7 +63,7 @@ class S3Backend(Backend):
         self._ca_file = ca_file
 
     @classmethod
-    def from_spec(cls, spec: BackendSpec, secret: Secret, where: str, *, timeout: float,
+    def from_spec(cls, spec: BackendSpec, secret: Credentials, where: str, *, timeout: float,
                   environ: Mapping[str, str]) -> S3Backend:
         url = endpoint_url(spec.endpoint)
         connections = spec.max_connections if spec.max_connections > 0 else DEFAULT_CONNECTIONS

@@ -30,8 +30,8 @@ sys.path.insert(0, REPO_ROOT)
 
 from backends.base import FileType  # noqa: E402
 from backends.local import LocalBackend  # noqa: E402
-from stash_runner.repository import Repository  # noqa: E402
-from stash_runner.timefmt import format_time  # noqa: E402
+from stash_runner.restic.repository import Repository  # noqa: E402
+from stash_runner.restic.timefmt import format_time  # noqa: E402
 from tests.helpers import REPO_PASSWORD, objects_yaml  # noqa: E402
 
 POLICY = ["--keep-daily", "7", "--keep-weekly", "5", "--keep-monthly", "12", "--keep-yearly", "3"]

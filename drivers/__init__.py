@@ -1,5 +1,29 @@
-"""Database drivers: one module per dump tool, behind ``base.Driver``."""
+"""Database drivers: one module per database, behind ``base.Driver``.
 
-from .base import Driver
+A new database is a module here and a line in ``driver_class`` and ``NAMES``; the flows and the Stash layer
+pick it by name (``--driver``) or by the AppBinding's ``spec.type``.
+"""
 
-__all__ = ["Driver"]
+from .base import Driver, DriverOptions, Dump, Endpoint, HostDump, Item
+
+#: the drivers this version has, by the name --driver takes
+NAMES = ("postgres",)
+
+
+def name_for_type(app_type: str) -> str | None:
+    """The driver for an AppBinding's spec.type ("kubedb.com/postgres", "postgres"), or None."""
+    t = app_type.lower()
+    return next((name for name in NAMES if name in t), None)
+
+
+def driver_class(name: str) -> type[Driver]:
+    """The driver called ``name``; its module (and its client libraries) is imported only when it is used."""
+    if name == "postgres":
+        from .postgres import PostgresDriver
+
+        return PostgresDriver
+    raise KeyError(name)
+
+
+__all__ = ["NAMES", "Driver", "DriverOptions", "Dump", "Endpoint", "HostDump", "Item", "driver_class",
+           "name_for_type"]

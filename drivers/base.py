@@ -1,26 +1,86 @@
-"""What the backup and restore flows need from a database driver."""
+"""What a database driver is given, and what the backup and restore flows need from it.
+
+A driver is made from an ``Endpoint`` (how to reach the database, whoever read it: the Stash layer from an
+AppBinding and its Secrets) and ``DriverOptions`` (the flags for its tools). Backing up, it gives one
+``HostDump`` per snapshot to write: one for most databases, one per shard and config server for a sharded
+cluster, all written in parallel. Each dump gives its snapshot's ``Item``s: byte streams stored as files
+(``pg_dumpall``'s output, one stream per index) or directories already on disk (an interim dump).
+"""
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager
-from typing import BinaryIO, Protocol
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO, Protocol
+
+from stash_runner.credentials import Credentials
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """How to reach a database: an AppBinding's clientConfig, parameters and Secrets, without Stash's shapes."""
+
+    ref: str  # names it in messages: "AppBinding demo/pg"
+    host: str
+    port: int | None = None
+    scheme: str = ""
+    path: str = ""
+    query: Mapping[str, str] = field(default_factory=dict)
+    parameters: Mapping[str, Any] = field(default_factory=dict)
+    auth: Credentials | None = field(default=None, repr=False)  # username/password
+    tls: Credentials | None = field(default=None, repr=False)  # ca.crt, tls.crt, tls.key
+    ca_bundle: bytes | None = field(default=None, repr=False)
+
+
+@dataclass
+class DriverOptions:
+    """The flags for a driver's tools; each driver reads the ones it knows."""
+
+    driver: str = ""  # the driver's name; empty: from the AppBinding's spec.type
+    backup_cmd: str = ""  # the dump tool, where a driver has several (pg_dumpall, pg_dump); empty: its default
+    args: str = ""  # extra arguments for the dump/restore tool (Stash's --pg-args, the Task's args param)
+    user: str = ""  # overrides the Secret's username
+    scratch_dir: str | None = None  # for temporary files (certificates)
+
+
+@dataclass
+class Item:
+    """One entry of a snapshot: a byte stream stored as a file, or a directory on disk stored with its files."""
+
+    path: str  # where it goes in the snapshot: "/dumpfile.sql", "/var/data/es"
+    stream: BinaryIO | None = None
+    directory: str | None = None
 
 
 class Dump(Protocol):
-    """A running dump: read ``stream`` to the end, then ``finish()`` raises if the dump failed."""
+    """A running dump. Read each item's stream to its end before taking the next; then ``finish()`` raises if the
+    dump failed or is incomplete, before anything refers to its data."""
 
-    stream: BinaryIO
+    def items(self) -> Iterable[Item]: ...
 
     def finish(self) -> None: ...
 
 
+@dataclass
+class HostDump:
+    """One snapshot of a backup: the host it is recorded under, and how to start its dump."""
+
+    hostname: str
+    open: Callable[[], AbstractContextManager[Dump]]
+
+
 class Driver(abc.ABC):
-    #: the file the dump is stored as in the snapshot (Stash's name for it)
+    #: the file a single-stream dump is stored as and restored from (Stash's name for it)
     filename: str
     #: where the database is, for messages
     target: str
+
+    @classmethod
+    @abc.abstractmethod
+    def from_endpoint(cls, endpoint: Endpoint, options: DriverOptions) -> Driver:
+        """The driver for this database; BadInput naming the field when something it needs is missing."""
 
     @abc.abstractmethod
     def wait_ready(self, timeout: float) -> None:
@@ -28,7 +88,12 @@ class Driver(abc.ABC):
 
     @abc.abstractmethod
     def dump(self) -> AbstractContextManager[Dump]:
-        """Start the dump tool; leaving the context kills it if it is still running."""
+        """Start the dump; leaving the context stops its tool if it still runs."""
+
+    def hosts(self, hostname: str) -> list[HostDump]:
+        """The snapshots one backup writes. Most databases: one, under the run's host name. A driver that dumps
+        several members (a sharded cluster) returns one per member; they are written in parallel."""
+        return [HostDump(hostname, self.dump)]
 
     @abc.abstractmethod
     def restore(self, chunks: Iterator[bytes]) -> None:

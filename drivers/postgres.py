@@ -15,9 +15,8 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
 from stash_runner.errors import BadInput, DatabaseUnreachable
-from stash_runner.objects import AppBinding, Secret
 
-from .base import Driver
+from .base import Driver, DriverOptions, Endpoint
 from .process import DumpProcess, feed
 
 log = logging.getLogger("stash_runner")
@@ -43,19 +42,20 @@ class Connection:
     client_key: bytes | None = field(default=None, repr=False)
 
     @classmethod
-    def from_appbinding(cls, ab: AppBinding, secret: Secret, tls: Secret | None = None,
-                        user: str = "") -> Connection:
+    def from_endpoint(cls, ep: Endpoint, user: str = "") -> Connection:
+        if ep.auth is None:
+            raise BadInput(f"{ep.ref}: spec.secret.name is missing")
         return cls(
-            ref=ab.ref,
-            host=ab.host,
-            port=ab.port or DEFAULT_PORT,
-            user=user or secret.get("username", "POSTGRES_USER") or "",
-            password=secret.get("password", "POSTGRES_PASSWORD") or "",
-            dbname=ab.path.strip("/"),
-            sslmode=ab.query.get("sslmode", ""),
-            ca_cert=ab.ca_bundle or (tls.get_bytes("ca.crt") if tls else None),
-            client_cert=tls.get_bytes("tls.crt") if tls else None,
-            client_key=tls.get_bytes("tls.key") if tls else None,
+            ref=ep.ref,
+            host=ep.host,
+            port=ep.port or DEFAULT_PORT,
+            user=user or ep.auth.get("username", "POSTGRES_USER") or "",
+            password=ep.auth.get("password", "POSTGRES_PASSWORD") or "",
+            dbname=ep.path.strip("/"),
+            sslmode=ep.query.get("sslmode", ""),
+            ca_cert=ep.ca_bundle or (ep.tls.get_bytes("ca.crt") if ep.tls else None),
+            client_cert=ep.tls.get_bytes("tls.crt") if ep.tls else None,
+            client_key=ep.tls.get_bytes("tls.key") if ep.tls else None,
         )
 
 
@@ -76,6 +76,12 @@ class PostgresDriver(Driver):
         self._tmp = tempfile.mkdtemp(prefix="pg-", dir=scratch_dir if scratch_dir and os.path.isdir(scratch_dir)
                                      else None)
         self._env = self._build_env()
+
+    @classmethod
+    def from_endpoint(cls, endpoint: Endpoint, options: DriverOptions) -> PostgresDriver:
+        conn = Connection.from_endpoint(endpoint, user=options.user)
+        return cls(conn, backup_cmd=options.backup_cmd or "pg_dumpall", pg_args=options.args,
+                   scratch_dir=options.scratch_dir)
 
     def _write_private(self, name: str, data: bytes) -> str:
         path = os.path.join(self._tmp, name)
@@ -127,7 +133,7 @@ class PostgresDriver(Driver):
         argv = [self.backup_cmd, *self.args]
         log.info("dumping %s with %s", self.target, shlex.join(argv))
         return DumpProcess(
-            argv, self._env, secrets=[self.conn.password],
+            argv, self._env, "/" + FILENAME, secrets=[self.conn.password],
             complete_marker=b"dump complete", plain_prefix=b"--\n-- PostgreSQL database",
         )
 

@@ -15,6 +15,8 @@ from collections.abc import Iterable, Iterator
 
 from stash_runner.errors import ToolFailed
 
+from .base import Item
+
 log = logging.getLogger("stash_runner")
 
 STDERR_TAIL_LINES = 20
@@ -111,14 +113,18 @@ class Tool:
 
 
 class DumpProcess:
-    """A dump tool's stdout as a stream; ``finish()`` checks its exit code and completeness."""
+    """A dump tool's stdout as one stream, stored at ``path``; ``finish()`` checks its exit code and completeness."""
 
-    def __init__(self, argv: list[str], env: dict[str, str], secrets: Iterable[str | None] = (),
+    def __init__(self, argv: list[str], env: dict[str, str], path: str, secrets: Iterable[str | None] = (),
                  complete_marker: bytes | None = None, plain_prefix: bytes | None = None):
         self.tool = Tool(argv, env, stdout=subprocess.PIPE, secrets=secrets)
         self.stream = _TailReader(self.tool.proc.stdout)
+        self.path = path
         self._marker = complete_marker
         self._prefix = plain_prefix
+
+    def items(self) -> list[Item]:
+        return [Item(self.path, self.stream)]
 
     def finish(self) -> None:
         rc = self.tool.wait()

@@ -1,3 +1,3 @@
-from .cli import entry
+from stash_runner.cli import entry
 
 entry()

@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 
 import psycopg
 
@@ -174,3 +175,13 @@ def load_bulk(cluster: PgCluster, megabytes: int, dbname: str = "bulk") -> None:
         "CREATE TABLE payload (id bigint, a text, b text, c int);"
         f"INSERT INTO payload SELECT g, md5(g::text), md5((g * 31)::text) || md5((g * 17)::text), g % 1000 "
         f"FROM generate_series(1, {rows}) g;", dbname=dbname)
+
+
+def bulk_cluster(workdir: str, name: str, megabytes: int) -> Iterator[PgCluster]:
+    """For a fixture: a cluster whose bulk database dumps to about ``megabytes`` MB, destroyed afterwards."""
+    c = PgCluster(os.path.join(workdir, name)).start()
+    try:
+        load_bulk(c, megabytes)
+        yield c
+    finally:
+        c.destroy()

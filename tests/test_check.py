@@ -16,15 +16,16 @@ import pytest
 from backends.base import FileType, Handle
 from backends.local import LocalBackend
 from backends.s3 import S3Backend
-from stash_runner.check import CheckResult, Subset, parse_subset, run_check
+from backends.spec import BackendSpec
 from stash_runner.errors import BadInput, LockedError
-from stash_runner.lock import RepositoryLock
-from stash_runner.objects import BackendSpec, Secret
-from stash_runner.pack import DATA, PackBuilder
-from stash_runner.reader import find_file
-from stash_runner.repository import Repository
-from stash_runner.snapshot import Snapshot
-from stash_runner.timefmt import format_time, now
+from stash_runner.maintenance.check import CheckResult, Subset, parse_subset, run_check
+from stash_runner.restic.lock import RepositoryLock
+from stash_runner.restic.pack import DATA, PackBuilder
+from stash_runner.restic.reader import find_file
+from stash_runner.restic.repository import Repository
+from stash_runner.restic.snapshot import Snapshot
+from stash_runner.restic.timefmt import format_time, now
+from stash_runner.stash.objects import Secret
 
 from .helpers import REPO_PASSWORD, restic
 from .test_engine import backup_bytes as backup

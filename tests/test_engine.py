@@ -11,12 +11,12 @@ import pytest
 
 from backends.base import FileType, Handle
 from backends.local import LocalBackend
-from stash_runner import crypto
-from stash_runner.archiver import Archiver
-from stash_runner.chunker_polynomial import is_irreducible, random_polynomial
 from stash_runner.errors import IntegrityError, RepositoryNotFound, WrongPassword
-from stash_runner.reader import find_file, iter_content, walk_files
-from stash_runner.repository import Repository
+from stash_runner.restic import crypto
+from stash_runner.restic.archiver import Archiver
+from stash_runner.restic.chunker_polynomial import is_irreducible, random_polynomial
+from stash_runner.restic.reader import find_file, iter_content, walk_files
+from stash_runner.restic.repository import Repository
 
 from .helpers import REPO_PASSWORD, restic
 

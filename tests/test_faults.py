@@ -15,12 +15,13 @@ import pytest
 
 from backends import open_backend
 from backends.base import FileType
-from stash_runner.objects import BackendSpec, Secret
+from backends.spec import BackendSpec
+from stash_runner.stash.objects import Secret
 
 from .backend_contract import mirror_to_local
 from .faultproxy import FaultProxy, Faults
 from .helpers import objects_yaml, restic, runner
-from .pgcluster import PgCluster, load_bulk
+from .pgcluster import bulk_cluster
 
 PROVIDERS = ["s3", "gcs", "azure"]
 # Writes of pack files only: S3 and Azure PUT them, GCS POSTs (and PUTs resumable parts).
@@ -30,10 +31,7 @@ PACK_WRITES = {"only_methods": ("PUT", "POST"), "path_contains": "/data/"}
 @pytest.fixture(scope="module")
 def mid_pg(workdir):
     """A cluster whose dump (~40 MB) fills several packs."""
-    c = PgCluster(os.path.join(workdir, "faults-pg")).start()
-    load_bulk(c, 40)
-    yield c
-    c.destroy()
+    yield from bulk_cluster(workdir, "faults-pg", 40)
 
 
 class Remote:

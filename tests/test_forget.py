@@ -15,11 +15,11 @@ import pytest
 
 from backends.local import LocalBackend
 from stash_runner.errors import BadInput, LockedError
-from stash_runner.forget import ForgetResult, run_forget
-from stash_runner.lock import RepositoryLock
-from stash_runner.repository import Repository
-from stash_runner.retention import Duration, GoTime, Policy, apply_policy, group, parse_group_by
-from stash_runner.snapshot import Snapshot
+from stash_runner.maintenance.forget import ForgetResult, run_forget
+from stash_runner.maintenance.retention import Duration, GoTime, Policy, apply_policy, group, parse_group_by
+from stash_runner.restic.lock import RepositoryLock
+from stash_runner.restic.repository import Repository
+from stash_runner.restic.snapshot import Snapshot
 
 from .helpers import REPO_PASSWORD, restic
 

@@ -22,10 +22,11 @@ from google.oauth2 import service_account
 from backends import open_backend
 from backends.base import AccessDeniedError, BackendError, FileType, Handle, NotFoundError, TransientError
 from backends.gcs import KEY_FIELD, GCSBackend, map_error
+from backends.spec import BackendSpec
 from stash_runner.errors import BadInput
-from stash_runner.objects import BackendSpec, Secret
-from stash_runner.reader import find_file, iter_content
-from stash_runner.repository import Repository
+from stash_runner.restic.reader import find_file, iter_content
+from stash_runner.restic.repository import Repository
+from stash_runner.stash.objects import Secret
 
 from .backend_contract import check_contract
 from .helpers import REPO_PASSWORD, normalize_dump, objects_yaml, runner

@@ -1,4 +1,4 @@
-"""stash_runner.kube against tests.kubeapi.KubeAPIServer: real HTTP (and HTTPS for the in-cluster path)."""
+"""stash_runner.stash.kube against tests.kubeapi.KubeAPIServer: real HTTP (and HTTPS for the in-cluster path)."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ from typing import Any
 import kubernetes
 import pytest
 
-from stash_runner import objects
 from stash_runner.errors import BadInput, ClusterAccessDenied, ClusterError
-from stash_runner.kube import KINDS, Cluster
+from stash_runner.stash import objects
+from stash_runner.stash.kube import KINDS, Cluster
 from tests.kubeapi import RESOURCES, KubeAPIServer, Resource
 from tests.servers import self_signed_cert
 

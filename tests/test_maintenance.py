@@ -12,9 +12,9 @@ import time
 
 from backends.base import FileType
 from backends.local import LocalBackend
-from stash_runner.lock import RepositoryLock
-from stash_runner.repository import Repository
-from stash_runner.timefmt import format_time, now
+from stash_runner.restic.lock import RepositoryLock
+from stash_runner.restic.repository import Repository
+from stash_runner.restic.timefmt import format_time, now
 
 from .helpers import REPO_PASSWORD, objects_yaml, restic, runner
 
@@ -162,8 +162,8 @@ def test_backup_waits_for_a_live_exclusive_lock_then_fails_naming_it(source_pg, 
 def test_post_backup_sees_what_other_hosts_wrote_after_this_run_read_the_index(tmp_path):
     """Hosts of one session back up into one repository at once; the one that runs the post-backup
     actions loaded the index before the others wrote theirs, and must still count their snapshots."""
-    from stash_runner.maintenance import post_backup
-    from stash_runner.retention import Policy
+    from stash_runner.maintenance.post_backup import post_backup
+    from stash_runner.maintenance.retention import Policy
 
     from .test_engine import backup_bytes, sample_bytes
 

@@ -10,13 +10,13 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
-from stash_runner import metrics as m
-from stash_runner.forget import ForgetResult
-from stash_runner.maintenance import PostBackup, RetentionOutcome
-from stash_runner.objects import BackendSpec
-from stash_runner.output import HostResult, SnapshotStats
-from stash_runner.retention import Policy
-from stash_runner.stats import RepoStats
+from backends.spec import BackendSpec
+from stash_runner.maintenance.forget import ForgetResult
+from stash_runner.maintenance.post_backup import PostBackup, RetentionOutcome
+from stash_runner.maintenance.retention import Policy
+from stash_runner.maintenance.stats import RepoStats
+from stash_runner.stash import metrics as m
+from stash_runner.stash.output import HostResult, SnapshotStats
 
 from .pgcluster import free_port
 from .pushgateway import exposition, groups

@@ -6,8 +6,8 @@ import pytest
 import yaml
 
 from stash_runner.errors import BadInput
-from stash_runner.objects import AppBinding, FileSource, Repository, Secret
-from stash_runner.resolve import storage_from_flags, storage_from_repository
+from stash_runner.stash.objects import AppBinding, FileSource, Repository, Secret
+from stash_runner.stash.resolve import storage_from_flags, storage_from_repository
 
 from .helpers import b64
 

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from .helpers import REPO_PASSWORD, normalize_dump, objects_yaml, restic, runner
-from .pgcluster import PgCluster, free_port, load_bulk
+from .pgcluster import bulk_cluster, free_port
 from .test_engine import dir_size
 
 NS = ["-n", "demo"]
@@ -41,10 +41,7 @@ def packs(repo_dir: str) -> set[str]:
 @pytest.fixture(scope="module")
 def bulk_pg(workdir):
     """A cluster whose dump is ~250 MB, so that a backup can be interrupted part-way."""
-    c = PgCluster(os.path.join(workdir, "bulk-pg")).start()
-    load_bulk(c, 250)
-    yield c
-    c.destroy()
+    yield from bulk_cluster(workdir, "bulk-pg", 250)
 
 
 def test_backup_is_restic_valid_and_byte_exact(source_pg, repo_dir, tmp_path):

@@ -17,14 +17,14 @@ import pytest
 
 from backends.base import Backend, BackendError, FileType, Handle
 from backends.local import LocalBackend
-from stash_runner import index as index_module
-from stash_runner.archiver import Archiver
 from stash_runner.errors import BadInput, IntegrityError, LockedError, RepositoryError
-from stash_runner.lock import RepositoryLock
-from stash_runner.prune import load_index_state, max_unused_limit, parse_size, run_prune
-from stash_runner.reader import find_file, iter_content, walk_files
-from stash_runner.repository import Repository
-from stash_runner.snapshot import Snapshot
+from stash_runner.maintenance.prune import load_index_state, max_unused_limit, parse_size, run_prune
+from stash_runner.restic import index as index_module
+from stash_runner.restic.archiver import Archiver
+from stash_runner.restic.lock import RepositoryLock
+from stash_runner.restic.reader import find_file, iter_content, walk_files
+from stash_runner.restic.repository import Repository
+from stash_runner.restic.snapshot import Snapshot
 
 from .helpers import REPO_PASSWORD, restic
 

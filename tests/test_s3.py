@@ -11,7 +11,8 @@ import boto3
 import pytest
 
 from backends.s3 import S3Backend, endpoint_url
-from stash_runner.objects import BackendSpec, Secret
+from backends.spec import BackendSpec
+from stash_runner.stash.objects import Secret
 
 from . import servers
 from .backend_contract import check_contract

@@ -15,11 +15,11 @@ import time
 import pytest
 import yaml
 
-from stash_runner import metrics as m
-from stash_runner.kube import Cluster
-from stash_runner.output import HostResult
-from stash_runner.reporting import BackupReporter, Pusher
-from stash_runner.sessions import BackupSession, ObjectRef
+from stash_runner.stash import metrics as m
+from stash_runner.stash.kube import Cluster
+from stash_runner.stash.output import HostResult
+from stash_runner.stash.reporting import BackupReporter, Pusher
+from stash_runner.stash.sessions import BackupSession, ObjectRef
 
 from .helpers import REPO_PASSWORD, normalize_dump, objects_yaml, restic, runner
 from .kubeapi import KubeAPIServer

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from stash_runner import status as st
 from stash_runner.errors import BadInput
-from stash_runner.objects import FileSource
-from stash_runner.sessions import BackupInvoker, BackupSession, RestoreSession, read_backup_session
-from stash_runner.timefmt import parse_go_duration
+from stash_runner.restic.timefmt import parse_go_duration
+from stash_runner.stash import status as st
+from stash_runner.stash.objects import FileSource
+from stash_runner.stash.sessions import BackupInvoker, BackupSession, RestoreSession, read_backup_session
 
 PG = {"apiVersion": "appcatalog.appscode.com/v1alpha1", "kind": "AppBinding", "name": "pg"}
 APP = {"apiVersion": "apps/v1", "kind": "Deployment", "name": "app"}

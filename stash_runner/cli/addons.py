@@ -1,0 +1,110 @@
+"""Stash's addon spellings: ``backup-<db>`` and ``restore-<db>`` with the flags of Stash's addon images, so that
+a Stash Function's args run unchanged. A database is one ``Addon`` line here (plus its driver)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import click
+
+from stash_runner.restic import compression
+from stash_runner.stash.host import run_host
+from stash_runner.stash.output import SnapshotStats
+from stash_runner.stash.resolve import open_objects
+
+from .options import (
+    PG_ARGS,
+    driver_options,
+    lock_options,
+    report_options,
+    retention_options,
+    stash_flags,
+    tool_options,
+    wait_timeout,
+)
+from .wiring import backup_host, backup_session, flags_storage_and_driver, restore_host, restore_session
+
+
+@dataclass(frozen=True)
+class Addon:
+    """One of Stash's addon images, by the commands it spells: backup-<name> and restore-<name>."""
+
+    name: str  # "pg": backup-pg, restore-pg
+    driver: str  # the driver the commands run
+    database: str  # for the help text
+    args: tuple[str, str]  # the flag for the tool's extra arguments, and its help
+    backup_cmd: str = ""  # the --backup-cmd default, where the image has that flag
+
+
+ADDONS = (
+    Addon("pg", driver="postgres", database="postgres", args=PG_ARGS, backup_cmd="pg_dumpall"),
+)
+
+
+def backup_command(addon: Addon) -> click.Command:
+    def backup_addon(**kw) -> None:
+        backup_cmd = kw.get("backup_cmd", "")
+        opts = driver_options(kw, backup_cmd, driver=addon.driver)
+        if kw["backupsession"]:
+            backup_session(kw, opts, [], compression.DEFAULT_LEVEL, None)
+            return
+        hostname = kw["hostname"] or "host-0"
+
+        def work() -> tuple[SnapshotStats, dict | None]:
+            with open_objects(kw["objects"], kw["kubeconfig"]) as (source, _):
+                storage, drv = flags_storage_and_driver(source, kw, opts)
+            return backup_host(drv, storage, hostname, [], wait_timeout(kw), compression.DEFAULT_LEVEL, None, kw)
+
+        run_host(kw["output_dir"], kw["appbinding"], hostname, work)
+
+    backup_addon.__doc__ = f"Stash's {addon.database} addon spelling of `backup` (same flags as its image)."
+    decorators: list[Callable] = [
+        click.command(f"backup-{addon.name}"),
+        stash_flags,
+        click.option("--backupsession", default="", help="Run for this BackupSession and report to it."),
+    ]
+    if addon.backup_cmd:
+        decorators.append(click.option("--backup-cmd", default=addon.backup_cmd, show_default=True))
+    decorators += [retention_options, lock_options, tool_options(addon.args), report_options]
+    return _decorated(backup_addon, decorators)
+
+
+def restore_command(addon: Addon) -> click.Command:
+    def restore_addon(**kw) -> None:
+        opts = driver_options(kw, driver=addon.driver)
+        if kw["restoresession"]:
+            restore_session(kw, opts)
+            return
+        hostname = kw["hostname"] or "host-0"
+
+        def work() -> None:
+            with open_objects(kw["objects"], kw["kubeconfig"]) as (source, _):
+                storage, drv = flags_storage_and_driver(source, kw, opts)
+            restore_host(drv, storage, kw["snapshot"] or "latest", kw["source_hostname"] or hostname,
+                         wait_timeout(kw), kw["lock_wait"])
+
+        run_host(kw["output_dir"], kw["appbinding"], hostname, work)
+
+    restore_addon.__doc__ = f"Stash's {addon.database} addon spelling of `restore` (same flags as its image)."
+    return _decorated(restore_addon, [
+        click.command(f"restore-{addon.name}"),
+        stash_flags,
+        click.option("--restoresession", default="", help="Run for this RestoreSession and report to it."),
+        click.option("--snapshot", default="latest", show_default=True),
+        click.option("--source-hostname", default=""),
+        lock_options,
+        tool_options(addon.args),
+        report_options,
+    ])
+
+
+def _decorated(fn: Callable, decorators: list[Callable]) -> click.Command:
+    """Apply decorators listed top to bottom, as they would be written above a def."""
+    for decorate in reversed(decorators):
+        fn = decorate(fn)
+    return fn
+
+
+def commands() -> list[click.Command]:
+    return [make(addon) for addon in ADDONS for make in (backup_command, restore_command)]

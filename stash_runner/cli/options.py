@@ -1,0 +1,171 @@
+"""The option declarations the commands share, and how their values are read: one place for every flag."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import click
+
+from backends.retry import RetryPolicy
+from drivers import DriverOptions
+from stash_runner.maintenance.retention import Policy
+from stash_runner.stash import metrics
+from stash_runner.stash.sessions import Retention
+
+
+def objects_options(f: Callable) -> Callable:
+    f = click.option("--kubeconfig", default="",
+                     help="Read the objects from this kubeconfig's cluster (default: in-cluster, then KUBECONFIG).")(f)
+    f = click.option("--namespace", "-n", default="default", show_default=True,
+                     help="Namespace of the objects.")(f)
+    return click.option("--objects", "objects", multiple=True, type=click.Path(),
+                        help="YAML/JSON file or directory with the objects (repeatable); "
+                             "without it they come from the Kubernetes API.")(f)
+
+
+def report_options(f: Callable) -> Callable:
+    """Stash's metrics flags: where the Pushgateway is, the job and extra labels."""
+    opts = [
+        click.option("--metrics-enabled", default="true", show_default=True,
+                     help="Push metrics when a Pushgateway is known (true/false)."),
+        click.option("--metrics-pushgateway-url", default="",
+                     help=f"Pushgateway URL (default: ${metrics.ENV_PUSHGATEWAY_URL}; none: no metrics)."),
+        click.option("--prom-job-name", default="", envvar="PROMETHEUS_JOB_NAME",
+                     help="Job to push under (default: <lower(invokerKind)>-<namespace>-<invokerName>)."),
+        click.option("--metrics-labels", multiple=True, help="Extra labels key=value (comma-separated; repeatable)."),
+        click.option("--invoker-kind", default="", help="Accepted for Stash's Functions; read from the session."),
+        click.option("--invoker-name", default="", help="Accepted for Stash's Functions; read from the session."),
+        click.option("--target-kind", default="", help="Kind of the target to report (default: from the session)."),
+        click.option("--target-name", default="", help="Name of the target to report (Stash's TARGET_NAME)."),
+        click.option("--target-namespace", default="", hidden=True),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+class _OptionalFloat(click.ParamType):
+    """A number, or empty for the default: Stash's Functions pass ``--wait-timeout=${waitTimeout:=}``."""
+
+    name = "float"
+
+    def convert(self, value, param, ctx):  # noqa: ANN001, ANN201 - click's signature
+        if value is None or isinstance(value, float) or str(value).strip() == "":
+            return value if isinstance(value, float) else None
+        try:
+            return float(value)
+        except ValueError:
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+
+
+_OPTIONAL_FLOAT = _OptionalFloat()
+
+
+PG_ARGS = ("--pg-args", "Extra arguments for pg_dumpall/pg_dump or psql.")
+
+
+def tool_options(args: tuple[str, str] = PG_ARGS) -> Callable[[Callable], Callable]:
+    """The database tool's flags: ``args`` is the flag for its extra arguments (Stash's --pg-args) and its help."""
+
+    def decorate(f: Callable) -> Callable:
+        f = click.option(args[0], "tool_args", default="", help=args[1])(f)
+        f = click.option("--user", default="", help="Database user (default: from the AppBinding's Secret).")(f)
+        f = click.option("--wait-timeout", default=None, type=_OPTIONAL_FLOAT,
+                         help="Seconds to wait for the database to accept connections  [default: the Task's "
+                              "waitTimeout param, else 300]")(f)
+        return click.option("--scratch-dir", default=None, help="Directory for temporary files (certificates).")(f)
+
+    return decorate
+
+
+def storage_options(f: Callable) -> Callable:
+    """How hard to try a remote storage before giving up (local volumes are not retried)."""
+    f = click.option("--backend-timeout", default=RetryPolicy.timeout, show_default=True, type=float,
+                     envvar="STASH_RUNNER_BACKEND_TIMEOUT",
+                     help="Seconds a storage request may stall before it is retried.")(f)
+    return click.option("--backend-retries", default=RetryPolicy.attempts, show_default=True, type=click.IntRange(1),
+                        envvar="STASH_RUNNER_BACKEND_RETRIES",
+                        help="Attempts per storage request (throttling, 5xx, dropped connections).")(f)
+
+
+def lock_options(f: Callable) -> Callable:
+    return click.option("--lock-wait", default=300.0, show_default=True, type=float,
+                        help="Seconds to wait while another run holds an exclusive lock (a prune).")(f)
+
+
+def retention_options(f: Callable) -> Callable:
+    """Stash's retention flags: forget (and prune) after a successful backup."""
+    opts = [click.option(f"--retention-keep-{k}", default=0, type=click.IntRange(min=0),
+                         help=f"Keep the last n {k} snapshots." if k != "last" else "Keep the last n snapshots.")
+            for k in ("last", "hourly", "daily", "weekly", "monthly", "yearly")]
+    opts += [
+        click.option("--retention-keep-tags", default="", help="Keep snapshots with any of these tags (a,b)."),
+        click.option("--retention-prune", default="false", help="Prune after forgetting (true/false)."),
+        click.option("--retention-dry-run", default="false", help="Only report what retention would remove."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def retention(kw: dict) -> tuple[Policy, bool, bool]:
+    # Stash passes each tag as its own --keep-tag: "a,b" keeps snapshots tagged a or b.
+    tags = tuple(t.strip() for t in kw["retention_keep_tags"].split(",") if t.strip())
+    policy = Policy(last=kw["retention_keep_last"], hourly=kw["retention_keep_hourly"],
+                    daily=kw["retention_keep_daily"], weekly=kw["retention_keep_weekly"],
+                    monthly=kw["retention_keep_monthly"], yearly=kw["retention_keep_yearly"], tags=tags)
+    return policy, truthy(kw["retention_prune"]), truthy(kw["retention_dry_run"])
+
+
+def retention_override(kw: dict) -> Retention | None:
+    """The --retention-* flags when they name a policy; None leaves the invoker's retentionPolicy."""
+    policy, prune, dry_run = retention(kw)
+    return None if policy.empty() else Retention(policy, prune, dry_run)
+
+
+def wait_timeout(kw: dict) -> float:
+    return 300.0 if kw["wait_timeout"] is None else kw["wait_timeout"]
+
+
+def retry_policy(retries: int, timeout: float) -> RetryPolicy:
+    return RetryPolicy(attempts=retries, timeout=timeout)
+
+
+def stash_flags(f: Callable) -> Callable:
+    """The flags of Stash's addon images, so a Stash Function's args work unchanged."""
+    opts = [
+        click.option("--appbinding", default="", help="Name of the AppBinding."),
+        click.option("--appbinding-namespace", default="", help="Namespace of the AppBinding."),
+        click.option("--provider", default="", help="Backend provider: local, s3, gcs, azure."),
+        click.option("--bucket", default="", help="Bucket or container (local: the mount path)."),
+        click.option("--endpoint", default=""),
+        click.option("--region", default=""),
+        click.option("--path", "path_", default="", help="Prefix inside the bucket (local: the directory)."),
+        click.option("--storage-secret-name", default=""),
+        click.option("--storage-secret-namespace", default=""),
+        click.option("--secret-dir", default="", help="Directory where the storage Secret is mounted."),
+        click.option("--max-connections", default=0, type=int),
+        click.option("--insecure-tls", default="false"),
+        click.option("--enable-cache", default="false", help="Accepted for compatibility; no cache is kept."),
+        click.option("--hostname", default="host-0", show_default=True),
+        click.option("--output-dir", default="", help="Write output.json here."),
+        click.option("--kubeconfig", default=""),
+        click.option("--master", default="", hidden=True),
+        click.option("--license-apiservice", default="", hidden=True),
+        click.option("--objects", "objects", multiple=True, type=click.Path(), help="Files with the objects."),
+        click.option("--namespace", default="default", show_default=True),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return storage_options(f)
+
+
+def truthy(value: str) -> bool:
+    return str(value).strip().lower() in ("1", "true", "yes", "on")
+
+
+def driver_options(kw: dict, backup_cmd: str = "", driver: str | None = None) -> DriverOptions:
+    """The driver flags. --driver "" means the AppBinding's spec.type; Stash's addon spellings (backup-pg, ...)
+    have no --driver and name theirs."""
+    return DriverOptions(backup_cmd=backup_cmd, args=kw["tool_args"], user=kw["user"],
+                         scratch_dir=kw["scratch_dir"], driver=kw["driver"] if driver is None else driver)

@@ -1,0 +1,91 @@
+"""``backup`` and ``restore``: one database, named by its AppBinding and Repository or by a session."""
+
+from __future__ import annotations
+
+import click
+
+from stash_runner.restic import compression
+from stash_runner.stash.host import run_host
+from stash_runner.stash.output import SnapshotStats
+
+from .options import (
+    driver_options,
+    lock_options,
+    objects_options,
+    report_options,
+    retention_options,
+    storage_options,
+    tool_options,
+    wait_timeout,
+)
+from .wiring import backup_host, backup_session, named_storage_and_driver, require, restore_host, restore_session
+
+
+@click.command()
+@objects_options
+@click.option("--backupsession", default="",
+              help="Run for this BackupSession: the rest comes from it and its invoker; status, Events and metrics "
+                   "are reported.")
+@click.option("--appbinding", default="", help="AppBinding of the database (with a session: which target).")
+@click.option("--repository", default="", help="Repository to back up into (with a session: its invoker's).")
+@click.option("--hostname", default="host-0", show_default=True, help="Host name recorded in the snapshot.")
+@click.option("--tag", "tags", multiple=True, help="Tag for the snapshot (repeatable).")
+@click.option("--output-dir", default="", help="Write Stash's output.json here.")
+@click.option("--driver", default="", help="Database driver (default: from the AppBinding's spec.type).")
+@click.option("--backup-cmd", default="pg_dumpall", show_default=True, help="pg_dumpall or pg_dump.")
+@click.option("--compression-level", default=compression.DEFAULT_LEVEL, show_default=True, type=int)
+@click.option("--workers", default=None, type=int, help="Threads for hashing/compressing/encrypting.")
+@tool_options()
+@retention_options
+@lock_options
+@storage_options
+@report_options
+def backup(**kw) -> None:
+    """Dump a database into a snapshot of a repository (created if it does not exist).
+
+    With --retention-keep-* the policy is applied afterwards (forget, and prune with --retention-prune),
+    and the repository's size and snapshot count go into output.json.
+    """
+    opts = driver_options(kw, kw["backup_cmd"])
+    if kw["backupsession"]:
+        backup_session(kw, opts, list(kw["tags"]), kw["compression_level"], kw["workers"])
+        return
+    require(kw, "appbinding", "repository")
+
+    def work() -> tuple[SnapshotStats, dict | None]:
+        storage, drv = named_storage_and_driver(kw, opts)
+        return backup_host(drv, storage, kw["hostname"], list(kw["tags"]), wait_timeout(kw), kw["compression_level"],
+                       kw["workers"], kw)
+
+    run_host(kw["output_dir"], kw["appbinding"], kw["hostname"], work)
+
+
+@click.command()
+@objects_options
+@click.option("--restoresession", default="",
+              help="Run for this RestoreSession: the rest comes from it; status, Events and metrics are reported.")
+@click.option("--appbinding", default="", help="AppBinding of the database to restore into.")
+@click.option("--repository", default="", help="Repository to restore from.")
+@click.option("--snapshot", default="latest", show_default=True, help="Snapshot ID (or prefix) or 'latest'.")
+@click.option("--hostname", default="host-0", show_default=True, help="This host's name (for output.json).")
+@click.option("--source-hostname", default="", help="Host whose latest snapshot to restore (default: --hostname).")
+@click.option("--output-dir", default="", help="Write Stash's output.json here.")
+@click.option("--driver", default="", help="Database driver (default: from the AppBinding's spec.type).")
+@tool_options()
+@lock_options
+@storage_options
+@report_options
+def restore(**kw) -> None:
+    """Restore a snapshot into the database of an AppBinding."""
+    opts = driver_options(kw)
+    if kw["restoresession"]:
+        restore_session(kw, opts)
+        return
+    require(kw, "appbinding", "repository")
+
+    def work() -> None:
+        storage, drv = named_storage_and_driver(kw, opts)
+        restore_host(drv, storage, kw["snapshot"], kw["source_hostname"] or kw["hostname"], wait_timeout(kw),
+                     kw["lock_wait"])
+
+    run_host(kw["output_dir"], kw["appbinding"], kw["hostname"], work)

@@ -1,0 +1,144 @@
+"""Back up one database into a repository: the flow behind ``backup`` and ``backup-pg``."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from concurrent.futures import ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+
+from backends.base import Backend
+from drivers import Driver, Dump, HostDump
+from stash_runner import __version__
+from stash_runner.errors import RepositoryNotFound
+from stash_runner.maintenance.post_backup import PostBackup, post_backup
+from stash_runner.maintenance.retention import Policy
+from stash_runner.restic import compression
+from stash_runner.restic.archiver import Archiver, BackupResult
+from stash_runner.restic.lock import RepositoryLock
+from stash_runner.restic.repository import Repository, current_username
+from stash_runner.units import rate, stash_bytes
+
+from .progress import Progress
+
+log = logging.getLogger("stash_runner")
+
+
+@dataclass
+class BackupPlan:
+    driver: Driver
+    backend: Backend
+    password: str = field(repr=False)
+    hostname: str = "host-0"
+    tags: list[str] = field(default_factory=list)
+    wait_timeout: float = 300.0
+    workers: int | None = None
+    compression_level: int = compression.DEFAULT_LEVEL
+    progress_interval: float = 5.0
+    #: seconds to wait for a live exclusive lock (a prune) before failing
+    lock_wait: float = 0.0
+    #: post-backup actions: retention (forget, prune) then the repository's figures
+    retention: Policy = field(default_factory=Policy)
+    retention_prune: bool = False
+    retention_dry_run: bool = False
+    post_actions: bool = False
+
+
+@dataclass
+class BackupOutcome:
+    #: one snapshot per host the driver dumped (most drivers: one), in the driver's order
+    results: list[BackupResult]
+    post: PostBackup | None = None
+    #: the repository, still open: a session's post-backup actions run on it later
+    repo: Repository | None = None
+    #: this run created the repository
+    initialized: bool = False
+
+    @property
+    def result(self) -> BackupResult:
+        """The snapshot of a single-host backup (the first host's otherwise)."""
+        return self.results[0]
+
+
+def open_or_none(backend: Backend, password: str) -> Repository | None:
+    try:
+        return Repository.open(backend, password)
+    except RepositoryNotFound:
+        return None
+
+
+def run_backup(plan: BackupPlan) -> BackupOutcome:
+    # Check the repository password before touching the database, and initialise a new
+    # repository only once the database is known to be there: bad input never writes anything.
+    repo = open_or_none(plan.backend, plan.password)
+    plan.driver.wait_ready(plan.wait_timeout)
+    initialized = repo is None
+    if repo is None:
+        repo = Repository.init(plan.backend, plan.password)
+        log.info("initialised a new repository at %s", plan.backend.location)
+    repo.load_index()
+    hosts = plan.driver.hosts(plan.hostname)
+    with RepositoryLock(repo, wait=plan.lock_wait):
+        if len(hosts) == 1:
+            with _archiver(repo, plan) as arch, hosts[0].open() as dump:
+                results = [_snapshot(arch, dump, hosts[0].hostname, plan, "backup")]
+        else:
+            results = _parallel_snapshots(repo, plan, hosts)
+    for result in results:
+        st = result.stats
+        log.info("snapshot %s saved for %s: %s read, %s stored, %.1f s (%s)", result.snapshot.short_id,
+                 result.snapshot.hostname, stash_bytes(st.bytes_read), stash_bytes(st.bytes_stored), st.elapsed,
+                 rate(st.bytes_read, st.elapsed))
+    if not plan.post_actions and plan.retention.empty():
+        return BackupOutcome(results, repo=repo, initialized=initialized)
+    post = post_backup(repo, plan.retention, prune=plan.retention_prune, dry_run=plan.retention_dry_run,
+                       lock_wait=plan.lock_wait)
+    if post.errors:
+        # The snapshot is saved and stays; the run still fails, so that the failed action is seen.
+        first = next(iter(post.errors.values()))
+        saved = ", ".join(r.snapshot.short_id for r in results)
+        raise type(first)(f"snapshot {saved} was saved, but the post-backup actions failed: "
+                          + "; ".join(map(str, post.errors.values())))
+    return BackupOutcome(results, post, repo, initialized)
+
+
+def _archiver(repo: Repository, plan: BackupPlan) -> Archiver:
+    return Archiver(repo, workers=plan.workers, level=plan.compression_level)
+
+
+def _snapshot(arch: Archiver, dump: Dump, hostname: str, plan: BackupPlan, label: str) -> BackupResult:
+    """Store a dump's items, then its snapshot; a failed dump raises before the snapshot is written."""
+    progress = Progress(label, lambda: arch.stats.bytes_read,
+                        extra=lambda: f"{stash_bytes(arch.stats.bytes_stored)} stored", interval=plan.progress_interval)
+    paths = []
+    with progress:
+        for item in dump.items():
+            if item.directory is not None:
+                arch.add_directory(item.directory, prefix=item.path)
+            else:
+                arch.add_stream(item.path, item.stream)
+            paths.append(item.path)
+        dump.finish()  # a failed or truncated dump raises here, before anything refers to its data
+    return arch.commit(hostname=hostname, paths=paths, tags=plan.tags, username=current_username(),
+                       program_version=f"stash-runner {__version__}")
+
+
+def _parallel_snapshots(repo: Repository, plan: BackupPlan, hosts: list[HostDump]) -> list[BackupResult]:
+    """One snapshot per host, written at once. Every dump is started here, in the main thread, so that a
+    SIGTERM stops them all: each host's stream then ends, its dump fails and its archiver removes what it wrote.
+    A host that fails does not stop the others; their snapshots are saved and the first failure is raised."""
+    with ThreadPoolExecutor(len(hosts), thread_name_prefix="host") as pool, contextlib.ExitStack() as dumps:
+        futures = []
+        for host in hosts:
+            dump = dumps.enter_context(host.open())
+            futures.append(pool.submit(_host_snapshot, repo, plan, host.hostname, dump))
+        wait(futures)
+    errors = [f.exception() for f in futures if f.exception() is not None]
+    if errors:
+        raise errors[0]
+    return [f.result() for f in futures]
+
+
+def _host_snapshot(repo: Repository, plan: BackupPlan, hostname: str, dump: Dump) -> BackupResult:
+    with _archiver(repo, plan) as arch:
+        return _snapshot(arch, dump, hostname, plan, f"backup {hostname}")

@@ -1,0 +1,283 @@
+"""Reporting a run back to the operator as Stash's executor does: session status, Events, metrics.
+
+A ``BackupReporter`` records one host of one target of a BackupSession; a ``RestoreReporter`` one host of
+a RestoreSession. Status writes go through a ``StatusWriter`` (``kube.Cluster``): read, change, write
+with the resourceVersion read, again on a conflict, so that hosts and targets finishing at the same
+moment never drop each other's entries. Without a writer (objects from ``--objects`` files) only the
+metrics are pushed.
+
+The post-backup actions (retention, integrity check, repository metrics) run once per session: the
+host whose write makes the last target Succeeded runs them. Optimistic concurrency guarantees that
+exactly one write makes that transition.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from prometheus_client import CollectorRegistry
+
+from stash_runner.errors import ClusterError, RunnerError, one_line
+from stash_runner.maintenance.post_backup import PostBackup
+from stash_runner.restic.timefmt import format_time, now, parse_time
+
+from . import metrics, status
+from .objects import Repository
+from .output import HostResult
+from .sessions import BackupSession, ObjectRef, RestoreSession
+from .status import Condition
+
+log = logging.getLogger("stash_runner")
+
+COMPONENT = "stash-runner"
+
+
+class StatusWriter(Protocol):
+    def update_status(self, kind: str, namespace: str, name: str,
+                      change: Callable[[dict], dict | None]) -> dict: ...
+
+    def event(self, obj: dict, *, reason: str, message: str, type: str = "Normal",
+              component: str = COMPONENT) -> bool: ...
+
+
+@dataclass
+class Pusher:
+    """Where metrics go: the Pushgateway (None: metrics off) and the job they are pushed under."""
+
+    url: str | None
+    invoker: metrics.Invoker
+    job: str = ""
+
+    def push(self, registry: CollectorRegistry, grouping: Mapping[str, str] | None = None) -> bool:
+        if not self.url:
+            return False
+        return metrics.push(self.url, self.job or metrics.job_name(self.invoker), registry, grouping=grouping)
+
+
+def _now() -> str:
+    return format_time(now())
+
+
+def _seconds_since(created: str) -> float:
+    try:
+        return max(0.0, (now() - parse_time(created)).total_seconds())
+    except (ValueError, TypeError):
+        return 0.0
+
+
+@dataclass
+class _Write:
+    """The status before and after the write that landed (the change may run several times)."""
+
+    old: dict = field(default_factory=dict)
+    new: dict = field(default_factory=dict)
+
+    @property
+    def ended(self) -> str | None:
+        """The final phase when this write is the one that ended the session, else None."""
+        phase = self.new.get("phase")
+        return phase if phase in status.TERMINAL and self.old.get("phase") != phase else None
+
+
+class _Reporter:
+    kind = ""
+
+    def __init__(self, writer: StatusWriter | None, obj: dict, namespace: str, name: str, pusher: Pusher) -> None:
+        self.writer, self.obj, self.namespace, self.name, self.pusher = writer, obj, namespace, name, pusher
+        self._offline: dict[tuple[str, str, str], dict] = {}
+
+    @property
+    def ref(self) -> str:
+        return f"{self.kind} {self.namespace}/{self.name}"
+
+    def _write(self, fn: Callable[[dict], dict], kind: str = "", name: str = "", namespace: str = "") -> _Write:
+        seen = _Write()
+        if self.writer is None:
+            # Offline: the status lives only here, so that phases still add up (and session metrics go out).
+            key = (kind or self.kind, namespace or self.namespace, name or self.name)
+            seen.old = self._offline.get(key, {})
+            seen.new = self._offline[key] = fn(seen.old)
+            return seen
+
+        def change(obj: dict) -> dict | None:
+            seen.old = obj.get("status") or {}
+            seen.new = fn(seen.old)
+            return None if seen.new == seen.old else seen.new
+
+        self.writer.update_status(kind or self.kind, namespace or self.namespace, name or self.name, change)
+        return seen
+
+    def host_done(self, host: HostResult) -> object:
+        raise NotImplementedError
+
+    def fail(self, host: HostResult) -> bool:
+        """Report a failed host after the session is known; never raises (the original error is what counts).
+        Returns whether the status was written."""
+        try:
+            self.host_done(host)
+        except (RunnerError, OSError) as e:
+            log.warning("%s: the failure could not be recorded: %s", self.ref, e)
+            return False
+        return True
+
+    def _event(self, reason: str, message: str, warning: bool = False) -> None:
+        if self.writer is not None:
+            self.writer.event(self.obj, reason=reason, message=one_line(message)[:1024],
+                              type="Warning" if warning else "Normal", component=COMPONENT)
+
+
+    def _host_event(self, action: str, host: HostResult) -> None:
+        """Stash's Host<Action>Succeeded / Host<Action>Failed (with the reason) for one host."""
+        if host.phase == status.SUCCEEDED:
+            self._event(f"Host{action}Succeeded", f"{action} succeeded for host {host.hostname}.")
+        else:
+            self._event(f"Host{action}Failed", f"{action} failed for host {host.hostname}: {host.error}",
+                        warning=True)
+
+    def _session_ended(self, action: str, phase: str) -> None:
+        """Stash's <Action>SessionSucceeded / <Action>SessionFailed Event, and a log line."""
+        if phase == status.SUCCEEDED:
+            self._event(f"{action}SessionSucceeded", f"{action} session completed successfully.")
+        else:
+            self._event(f"{action}SessionFailed", f"{action} session failed.", warning=True)
+        log.info("%s %s", self.ref, phase.lower())
+
+
+class BackupReporter(_Reporter):
+    kind = "BackupSession"
+
+    def __init__(self, writer: StatusWriter | None, session: BackupSession, pusher: Pusher) -> None:
+        super().__init__(writer, session.obj, session.namespace, session.name, pusher)
+        self.session = session
+        self.target_ref: dict | None = None
+        self.metrics_target: metrics.Target | None = None
+        self.total_hosts = 1
+        self.expected_targets = 1
+
+    def set_target(self, ref: ObjectRef, *, app_type: str | None = None, total_hosts: int = 1,
+                   expected_targets: int = 1) -> None:
+        self.target_ref = ref.json()
+        self.metrics_target = metrics.Target.from_ref(self.target_ref, app_type)
+        self.total_hosts, self.expected_targets = total_hosts, expected_targets
+
+    def started(self) -> None:
+        """The target entry (with totalHosts) and the session Running, before the backup starts."""
+        assert self.target_ref is not None
+        ref, when = self.target_ref, _now()
+        self._write(lambda st: status.start_backup_target(st, ref, self.total_hosts,
+                                                          expected_targets=self.expected_targets,
+                                                          created=self.session.created, now=when))
+
+    def host_done(self, host: HostResult, *, initialized: bool | None = None) -> bool:
+        """Record a host's result; True when this host is to run the session's post-backup actions."""
+        ref = self.target_ref
+        when = _now()
+        conds = []
+        if initialized is not None:
+            conds.append(Condition(status.BACKEND_REPOSITORY_INITIALIZED, True,
+                                   "BackendRepositoryInitialized" if initialized else "BackendRepositoryFound",
+                                   "Repository was initialized in the backend." if initialized
+                                   else "Repository exist in the backend."))
+        if ref is None:  # the target never became known: the session fails as a whole
+            w = self._write(lambda st: status.fail_session(st, "BackupFailed", one_line(host.error),
+                                                           created=self.session.created, now=when))
+        else:
+            w = self._write(lambda st: status.record_backup_host(
+                st, ref, host.to_json(), total_hosts=self.total_hosts, expected_targets=self.expected_targets,
+                created=self.session.created, now=when, conditions=conds))
+        ok = host.phase == status.SUCCEEDED
+        self._host_event("Backup", host)
+        if self.metrics_target is not None:
+            self.pusher.push(metrics.backup_host_metrics(self.pusher.invoker, self.metrics_target, [host]),
+                             grouping=metrics.host_grouping(host.hostname))
+        self._maybe_finished(w)
+        if not ok:
+            return False
+        if self.writer is None:
+            return True
+        # Exactly one write turns the last target Succeeded: that host runs the post-backup actions.
+        return (status.all_targets_succeeded(w.new, self.expected_targets)
+                and not status.all_targets_succeeded(w.old, self.expected_targets)
+                and status.condition(w.new, status.RETENTION_POLICY_APPLIED) is None)
+
+    def post_backup_done(self, post: PostBackup, repository: Repository) -> None:
+        """The post-backup actions' verdicts as conditions, Repository status and repository metrics."""
+        assert self.target_ref is not None
+        info = metrics.RepositoryInfo.from_spec(repository.name, repository.namespace, repository.backend)
+        pushed = self.pusher.push(metrics.repository_metrics(self.pusher.invoker, info, post))
+        conds = [_verdict(status.RETENTION_POLICY_APPLIED, post.errors.get("retention"),
+                          "SuccessfullyAppliedRetentionPolicy", "Successfully applied retention policy.",
+                          "FailedToApplyRetentionPolicy"),
+                 _verdict(status.REPOSITORY_INTEGRITY_VERIFIED, post.errors.get("check"),
+                          "SuccessfullyVerifiedRepositoryIntegrity", "Repository integrity verification succeeded.",
+                          "FailedToVerifyRepositoryIntegrity")]
+        if self.pusher.url:
+            conds.append(Condition(status.REPOSITORY_METRICS_PUSHED, pushed,
+                                   "SuccessfullyPushedRepositoryMetrics" if pushed else "FailedToPushRepositoryMetrics",
+                                   "Successfully pushed repository metrics." if pushed
+                                   else "The Pushgateway did not take the repository metrics (see the log)."))
+        ref, when = self.target_ref, _now()
+        w = self._write(lambda st: status.record_post_backup(st, ref, conds, expected_targets=self.expected_targets,
+                                                             created=self.session.created, now=when))
+        if "stats" not in post.errors:
+            figures = post.repository_json()
+            try:
+                self._write(lambda st: status.repository_status(st, figures, now=when), kind="Repository",
+                            name=repository.name, namespace=repository.namespace)
+            except ClusterError as e:
+                # The session's own status is written; a Repository we may not update is only a warning.
+                log.warning("%s: status not updated: %s", repository.ref, e)
+        self._maybe_finished(w)
+
+    def _maybe_finished(self, w: _Write) -> None:
+        """The write that ended the session pushes the session metrics and says so in an Event."""
+        phase = w.ended
+        if phase is None:
+            return
+        ok = phase == status.SUCCEEDED
+        targets = [metrics.TargetOutcome(
+            self.metrics_target if self.target_ref and status.same_ref(t.get("ref") or {}, self.target_ref)
+            else metrics.Target.from_ref(t.get("ref") or {}),
+            t.get("phase") == status.SUCCEEDED, t.get("totalHosts")) for t in w.new.get("targets") or []]
+        self.pusher.push(metrics.backup_session_metrics(self.pusher.invoker, targets,
+                                                        duration_seconds=_seconds_since(self.session.created),
+                                                        succeeded=ok))
+        self._session_ended("Backup", phase)
+
+
+def _verdict(type_: str, error: BaseException | None, ok_reason: str, ok_message: str, bad_reason: str) -> Condition:
+    if error is None:
+        return Condition(type_, True, ok_reason, ok_message)
+    return Condition(type_, False, bad_reason, one_line(str(error))[:1024])
+
+
+class RestoreReporter(_Reporter):
+    kind = "RestoreSession"
+
+    def __init__(self, writer: StatusWriter | None, session: RestoreSession, pusher: Pusher,
+                 target: metrics.Target | None = None, total_hosts: int = 1) -> None:
+        super().__init__(writer, session.obj, session.namespace, session.name, pusher)
+        self.session, self.target, self.total_hosts = session, target, total_hosts
+
+    def started(self) -> None:
+        self._write(lambda st: status.start_restore(st, self.total_hosts))
+
+    def host_done(self, host: HostResult) -> None:
+        when = _now()
+        w = self._write(lambda st: status.record_restore_host(st, host.to_json(), total_hosts=self.total_hosts,
+                                                              created=self.session.created, now=when))
+        self._host_event("Restore", host)
+        if self.target is not None:
+            self.pusher.push(metrics.restore_host_metrics(self.pusher.invoker, self.target, [host]),
+                             grouping=metrics.host_grouping(host.hostname))
+        phase = w.ended
+        if phase is not None:
+            ok = phase == status.SUCCEEDED
+            outcome = [metrics.TargetOutcome(self.target, ok, w.new.get("totalHosts"))] if self.target else []
+            self.pusher.push(metrics.restore_session_metrics(self.pusher.invoker, outcome,
+                                                             duration_seconds=_seconds_since(self.session.created),
+                                                             succeeded=ok))
+            self._session_ended("Restore", phase)

@@ -1,0 +1,258 @@
+"""The operator's objects that start a run: a BackupSession and its invoker, or a RestoreSession.
+
+Read through any ObjectSource (the Kubernetes API or ``--objects`` files), as typed views. A missing or
+malformed field is a BadInput naming the object and the field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from stash_runner.errors import BadInput
+from stash_runner.maintenance.retention import Policy
+from stash_runner.restic.timefmt import parse_go_duration
+
+from .objects import ObjectSource, field_at, namespace_and_name
+
+STASH_GROUP = "stash.appscode.com"
+BACKUP_INVOKERS = ("BackupConfiguration", "BackupBatch")
+
+
+@dataclass(frozen=True)
+class ObjectRef:
+    """A target reference as Stash writes it into status: apiVersion, kind, name (namespace when set)."""
+
+    api_version: str
+    kind: str
+    name: str
+    namespace: str = ""
+
+    def json(self) -> dict:
+        out = {"apiVersion": self.api_version, "kind": self.kind, "name": self.name}
+        if self.namespace:
+            out["namespace"] = self.namespace
+        return out
+
+    @classmethod
+    def from_json(cls, d: Mapping, ref: str, path: str) -> ObjectRef:
+        if not isinstance(d, Mapping) or not d.get("kind") or not d.get("name"):
+            raise BadInput(f"{ref}: {path}.kind and {path}.name are required")
+        return cls(str(d.get("apiVersion") or ""), str(d["kind"]), str(d["name"]), str(d.get("namespace") or ""))
+
+
+def _params(task: object) -> dict[str, str]:
+    """A Task's params, ``[{name, value}]``, as a mapping (Stash fills ``${name}`` in a Function's args)."""
+    out: dict[str, str] = {}
+    params = task.get("params") if isinstance(task, dict) else None
+    for p in params if isinstance(params, list) else []:
+        if isinstance(p, dict) and p.get("name"):
+            out[str(p["name"])] = str(p.get("value") if p.get("value") is not None else "")
+    return out
+
+
+def _timeout(spec: dict, ref: str) -> float | None:
+    value = spec.get("timeOut")
+    if not value:
+        return None
+    try:
+        seconds = parse_go_duration(str(value))
+    except ValueError as e:
+        raise BadInput(f"{ref}: spec.timeOut: {e}") from None
+    if seconds <= 0:
+        raise BadInput(f"{ref}: spec.timeOut must be positive")
+    return seconds
+
+
+@dataclass(frozen=True)
+class BackupTarget:
+    ref: ObjectRef
+    alias: str = ""
+    #: the member's Task params (args, backupCMD, waitTimeout, ...)
+    params: Mapping[str, str] = field(default_factory=dict)
+
+
+def _member(member: object, ref: str, path: str) -> BackupTarget:
+    if not isinstance(member, dict) or not isinstance(member.get("target"), dict):
+        raise BadInput(f"{ref}: {path}.target is missing")
+    target = member["target"]
+    return BackupTarget(ObjectRef.from_json(target.get("ref"), ref, f"{path}.target.ref"),
+                        str(target.get("alias") or ""), _params(member.get("task")))
+
+
+@dataclass(frozen=True)
+class Retention:
+    policy: Policy = field(default_factory=Policy)
+    prune: bool = False
+    dry_run: bool = False
+    name: str = ""
+
+    @classmethod
+    def from_spec(cls, spec: object, ref: str) -> Retention:
+        if not spec:
+            return cls()
+        if not isinstance(spec, dict):
+            raise BadInput(f"{ref}: spec.retentionPolicy must be a mapping")
+        counts = {}
+        for key, attr in (("keepLast", "last"), ("keepHourly", "hourly"), ("keepDaily", "daily"),
+                          ("keepWeekly", "weekly"), ("keepMonthly", "monthly"), ("keepYearly", "yearly")):
+            value = spec.get(key) or 0
+            if not isinstance(value, int) or value < 0:
+                raise BadInput(f"{ref}: spec.retentionPolicy.{key} must be a non-negative number")
+            counts[attr] = value
+        tags = spec.get("keepTags") or []
+        if not isinstance(tags, list):
+            raise BadInput(f"{ref}: spec.retentionPolicy.keepTags must be a list")
+        # Stash passes each tag as its own --keep-tag: a snapshot with any one of them is kept.
+        policy = Policy(**counts, tags=tuple(str(t) for t in tags))
+        return cls(policy, bool(spec.get("prune")), bool(spec.get("dryRun")), str(spec.get("name") or ""))
+
+
+@dataclass(frozen=True)
+class BackupInvoker:
+    """A BackupConfiguration (one target) or BackupBatch (its members), and what they share."""
+
+    kind: str
+    name: str
+    namespace: str
+    repository: str
+    repository_namespace: str
+    targets: tuple[BackupTarget, ...]
+    retention: Retention = field(default_factory=Retention)
+    timeout: float | None = None
+
+    @property
+    def ref(self) -> str:
+        return f"{self.kind} {self.namespace}/{self.name}"
+
+    def target(self, name: str = "", kind: str = "") -> BackupTarget:
+        """The target this run backs up: the one named (Stash's TARGET_NAME), or the only one."""
+        if name:
+            for t in self.targets:
+                if t.ref.name == name and (not kind or t.ref.kind == kind):
+                    return t
+            raise BadInput(f"{self.ref}: no target named {name!r} "
+                           f"(targets: {', '.join(t.ref.name for t in self.targets) or 'none'})")
+        if len(self.targets) != 1:
+            raise BadInput(f"{self.ref}: {len(self.targets)} targets; say which one with --appbinding/--target-name")
+        return self.targets[0]
+
+    @classmethod
+    def from_object(cls, obj: dict, namespace: str) -> BackupInvoker:
+        ns, name = namespace_and_name(obj, namespace)
+        kind = obj.get("kind") or "BackupConfiguration"
+        ref = f"{kind} {ns}/{name}"
+        spec = field_at(obj, "spec", ref, kind=dict)
+        repo = field_at(obj, "spec.repository.name", ref, kind=str)
+        repo_ns = (spec.get("repository") or {}).get("namespace") or ns
+        if kind == "BackupBatch":
+            members = field_at(obj, "spec.members", ref, kind=list)
+            targets = tuple(_member(m, ref, f"spec.members[{i}]") for i, m in enumerate(members))
+        else:  # a BackupConfiguration's spec has a member's shape: target and task
+            targets = (_member(spec, ref, "spec"),)
+        return cls(kind, name, ns, repo, repo_ns, targets, Retention.from_spec(spec.get("retentionPolicy"), ref),
+                   _timeout(spec, ref))
+
+
+@dataclass(frozen=True)
+class BackupSession:
+    namespace: str
+    name: str
+    uid: str
+    created: str
+    invoker_kind: str
+    invoker_name: str
+    retry_left: int | None = None
+    obj: dict = field(default_factory=dict, repr=False, compare=False)  # as read, for Events
+
+    @property
+    def ref(self) -> str:
+        return f"BackupSession {self.namespace}/{self.name}"
+
+    @classmethod
+    def from_object(cls, obj: dict, namespace: str) -> BackupSession:
+        ns, name = namespace_and_name(obj, namespace)
+        ref = f"BackupSession {ns}/{name}"
+        kind = field_at(obj, "spec.invoker.kind", ref, kind=str)
+        if kind not in BACKUP_INVOKERS:
+            raise BadInput(f"{ref}: spec.invoker.kind {kind!r}: not one of {', '.join(BACKUP_INVOKERS)}")
+        meta = obj.get("metadata") or {}
+        retry = (obj.get("spec") or {}).get("retryLeft")
+        return cls(ns, name, str(meta.get("uid") or ""), str(meta.get("creationTimestamp") or ""), kind,
+                   field_at(obj, "spec.invoker.name", ref, kind=str), retry if isinstance(retry, int) else None, obj)
+
+    def invoker(self, source: ObjectSource) -> BackupInvoker:
+        return BackupInvoker.from_object(source.get(self.invoker_kind, self.namespace, self.invoker_name),
+                                         self.namespace)
+
+
+def read_backup_session(source: ObjectSource, namespace: str, name: str) -> BackupSession:
+    return BackupSession.from_object(source.get("BackupSession", namespace, name), namespace)
+
+
+@dataclass(frozen=True)
+class RestoreRule:
+    target_hosts: tuple[str, ...] = ()
+    source_host: str = ""
+    snapshots: tuple[str, ...] = ()
+
+    def applies_to(self, hostname: str) -> bool:
+        return not self.target_hosts or hostname in self.target_hosts
+
+
+@dataclass(frozen=True)
+class RestoreSession:
+    namespace: str
+    name: str
+    uid: str
+    created: str
+    repository: str
+    repository_namespace: str
+    target: ObjectRef | None
+    rules: tuple[RestoreRule, ...] = ()
+    timeout: float | None = None
+    params: Mapping[str, str] = field(default_factory=dict)
+    obj: dict = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def ref(self) -> str:
+        return f"RestoreSession {self.namespace}/{self.name}"
+
+    def rule_for(self, hostname: str) -> RestoreRule:
+        """Stash's rule choice: the first rule naming this host, else the first with no targetHosts."""
+        for rule in self.rules:
+            if hostname in rule.target_hosts:
+                return rule
+        for rule in self.rules:
+            if not rule.target_hosts:
+                return rule
+        if self.rules:
+            raise BadInput(f"{self.ref}: spec.target.rules: no rule for host {hostname!r}")
+        return RestoreRule()
+
+    @classmethod
+    def from_object(cls, obj: dict, namespace: str) -> RestoreSession:
+        ns, name = namespace_and_name(obj, namespace)
+        ref = f"RestoreSession {ns}/{name}"
+        spec = field_at(obj, "spec", ref, kind=dict)
+        repo = field_at(obj, "spec.repository.name", ref, kind=str)
+        repo_ns = (spec.get("repository") or {}).get("namespace") or ns
+        target = spec.get("target") or {}
+        if not isinstance(target, dict):
+            raise BadInput(f"{ref}: spec.target must be a mapping")
+        tref = ObjectRef.from_json(target["ref"], ref, "spec.target.ref") if target.get("ref") else None
+        rules = []
+        for i, r in enumerate(target.get("rules") or []):
+            if not isinstance(r, dict):
+                raise BadInput(f"{ref}: spec.target.rules[{i}] must be a mapping")
+            hosts, snaps = r.get("targetHosts") or [], r.get("snapshots") or []
+            if not isinstance(hosts, list) or not isinstance(snaps, list):
+                raise BadInput(f"{ref}: spec.target.rules[{i}]: targetHosts and snapshots must be lists")
+            rules.append(RestoreRule(tuple(map(str, hosts)), str(r.get("sourceHost") or ""), tuple(map(str, snaps))))
+        meta = obj.get("metadata") or {}
+        return cls(ns, name, str(meta.get("uid") or ""), str(meta.get("creationTimestamp") or ""), repo, repo_ns,
+                   tref, tuple(rules), _timeout(spec, ref), _params(spec.get("task")), obj)
+
+
+def read_restore_session(source: ObjectSource, namespace: str, name: str) -> RestoreSession:
+    return RestoreSession.from_object(source.get("RestoreSession", namespace, name), namespace)

@@ -4,15 +4,17 @@ A new database is a module here and a line in ``driver_class`` and ``NAMES``; th
 pick it by name (``--driver``) or by the AppBinding's ``spec.type``.
 """
 
-from .base import Driver, DriverOptions, Dump, Endpoint, HostDump, Item
+from .base import Driver, DriverOptions, Dump, Endpoint, HostDump, Item, RestoreHost
 
 #: the drivers this version has, by the name --driver takes
-NAMES = ("postgres",)
+NAMES = ("postgres", "mongodb")
 
 
 def name_for_type(app_type: str) -> str | None:
-    """The driver for an AppBinding's spec.type ("kubedb.com/postgres", "postgres"), or None."""
+    """The driver for an AppBinding's spec.type ("kubedb.com/postgres", "kubedb.com/mongodb", "mongo"), or None."""
     t = app_type.lower()
+    if "mongo" in t:
+        return "mongodb"
     return next((name for name in NAMES if name in t), None)
 
 
@@ -22,8 +24,12 @@ def driver_class(name: str) -> type[Driver]:
         from .postgres import PostgresDriver
 
         return PostgresDriver
+    if name == "mongodb":
+        from .mongodb.driver import MongoDriver
+
+        return MongoDriver
     raise KeyError(name)
 
 
-__all__ = ["NAMES", "Driver", "DriverOptions", "Dump", "Endpoint", "HostDump", "Item", "driver_class",
+__all__ = ["NAMES", "Driver", "DriverOptions", "Dump", "Endpoint", "HostDump", "Item", "RestoreHost", "driver_class",
            "name_for_type"]

@@ -10,6 +10,7 @@ cluster, all written in parallel. Each dump gives its snapshot's ``Item``s: byte
 from __future__ import annotations
 
 import abc
+import contextlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -43,6 +44,9 @@ class DriverOptions:
     args: str = ""  # extra arguments for the dump/restore tool (Stash's --pg-args, the Task's args param)
     user: str = ""  # overrides the Secret's username
     scratch_dir: str | None = None  # for temporary files (certificates)
+    purpose: str = "backup"  # or "restore": which tool's options ``args`` holds, checked before anything runs
+    auth_database: str = ""  # where the user is defined, for databases that have one (MongoDB's authSource)
+    max_concurrency: int = 0  # hosts or collections worked on at once, where a driver has a choice; 0: its default
 
 
 @dataclass
@@ -71,11 +75,21 @@ class HostDump:
     open: Callable[[], AbstractContextManager[Dump]]
 
 
+@dataclass
+class RestoreHost:
+    """One snapshot a restore reads: the host it was taken under, and where its file goes."""
+
+    hostname: str
+    restore: Callable[[Iterator[bytes]], None]
+
+
 class Driver(abc.ABC):
     #: the file a single-stream dump is stored as and restored from (Stash's name for it)
     filename: str
     #: where the database is, for messages
     target: str
+    #: how many hosts of a multi-host backup are dumped at once (0: all)
+    max_parallel_hosts: int = 0
 
     @classmethod
     @abc.abstractmethod
@@ -90,10 +104,17 @@ class Driver(abc.ABC):
     def dump(self) -> AbstractContextManager[Dump]:
         """Start the dump; leaving the context stops its tool if it still runs."""
 
-    def hosts(self, hostname: str) -> list[HostDump]:
+    def backup_hosts(self, hostname: str) -> AbstractContextManager[list[HostDump]]:
         """The snapshots one backup writes. Most databases: one, under the run's host name. A driver that dumps
-        several members (a sharded cluster) returns one per member; they are written in parallel."""
-        return [HostDump(hostname, self.dump)]
+        several members (a sharded cluster) gives one per member; they are written in parallel, at most
+        ``max_parallel_hosts`` at once. Entering may prepare the database for a consistent backup (stop a
+        balancer, lock members); leaving undoes that, on success, on failure and on SIGTERM alike."""
+        return contextlib.nullcontext([HostDump(hostname, self.dump)])
+
+    def restore_hosts(self, hostname: str) -> list[RestoreHost]:
+        """The snapshots one restore reads. Most databases: one, taken under ``hostname``. A sharded cluster:
+        one per member, each restored into its own replica set, in parallel (at most ``max_parallel_hosts``)."""
+        return [RestoreHost(hostname, self.restore)]
 
     @abc.abstractmethod
     def restore(self, chunks: Iterator[bytes]) -> None:

@@ -85,6 +85,17 @@ class ClusterAccessDenied(ClusterError):
     exit_code = 10
 
 
+class HostsFailed(RunnerError):
+    """Some hosts of a multi-host backup or restore failed; the others finished (``results``). The exit code is
+    the first failure's."""
+
+    def __init__(self, failures: dict[str, Exception], results: list) -> None:
+        super().__init__("; ".join(f"host {host}: {describe(e)}" for host, e in failures.items()))
+        self.failures = failures
+        self.results = results
+        self.exit_code = getattr(next(iter(failures.values())), "exit_code", RunnerError.exit_code)
+
+
 class Interrupted(BaseException):
     """Raised in the main thread on SIGTERM so that cleanup runs as for Ctrl-C."""
 

@@ -1,12 +1,13 @@
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import tempfile
 
 import pytest
 
-from . import servers
+from . import mongoservers, servers
 from .pgcluster import PgCluster, load_sample
 from .pushgateway import start_pushgateway
 
@@ -83,3 +84,28 @@ def azurite_server(workdir):
 def gateway(workdir, request):
     """Debian's Pushgateway, one per test module (each module reads back only what it pushed)."""
     yield from _server(start_pushgateway, workdir, f"pushgateway-{request.module.__name__}")
+
+
+def _start_ferretdb_with_auth(replica_set: str | None = None):
+    # A fresh random password per session; it reaches FerretDB through its environment only.
+    return lambda d: mongoservers.start_ferretdb(d, username="stash-admin", password=secrets.token_urlsafe(18),
+                                                 replica_set=replica_set)
+
+
+@pytest.fixture(scope="session")
+def ferretdb(workdir):
+    """FerretDB (SQLite), standalone, SCRAM auth: ``.url`` (no credentials), ``.username``, ``.password``
+    (user in ``admin``), ``.client()`` (authenticated pymongo client)."""
+    yield from _server(_start_ferretdb_with_auth(), workdir, "ferretdb")
+
+
+@pytest.fixture(scope="session")
+def ferretdb_rs(workdir):
+    """FerretDB as replica set ``rs0`` (always primary) keeping ``local.oplog.rs``; SCRAM auth as ``ferretdb``."""
+    yield from _server(_start_ferretdb_with_auth("rs0"), workdir, "ferretdb-rs")
+
+
+@pytest.fixture(scope="session")
+def mongo_java(workdir):
+    """mongo-java-server (memory backend): no auth, wire version 8; BSON types and index kinds round-trip."""
+    yield from _server(mongoservers.start_mongo_java_server, workdir, "mongo-java-server")

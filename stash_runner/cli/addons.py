@@ -14,9 +14,11 @@ from stash_runner.stash.output import SnapshotStats
 from stash_runner.stash.resolve import open_objects
 
 from .options import (
+    MONGO_ARGS,
     PG_ARGS,
     driver_options,
     lock_options,
+    mongo_options,
     report_options,
     retention_options,
     stash_flags,
@@ -33,12 +35,14 @@ class Addon:
     name: str  # "pg": backup-pg, restore-pg
     driver: str  # the driver the commands run
     database: str  # for the help text
-    args: tuple[str, str]  # the flag for the tool's extra arguments, and its help
+    args: tuple[tuple[str, ...], str]  # the flag for the tool's extra arguments, and its help
     backup_cmd: str = ""  # the --backup-cmd default, where the image has that flag
+    extra: tuple[Callable, ...] = ()  # the image's own flags (option decorators)
 
 
 ADDONS = (
     Addon("pg", driver="postgres", database="postgres", args=PG_ARGS, backup_cmd="pg_dumpall"),
+    Addon("mongo", driver="mongodb", database="MongoDB", args=MONGO_ARGS, extra=(mongo_options,)),
 )
 
 
@@ -66,13 +70,13 @@ def backup_command(addon: Addon) -> click.Command:
     ]
     if addon.backup_cmd:
         decorators.append(click.option("--backup-cmd", default=addon.backup_cmd, show_default=True))
-    decorators += [retention_options, lock_options, tool_options(addon.args), report_options]
+    decorators += [retention_options, lock_options, tool_options(addon.args), *addon.extra, report_options]
     return _decorated(backup_addon, decorators)
 
 
 def restore_command(addon: Addon) -> click.Command:
     def restore_addon(**kw) -> None:
-        opts = driver_options(kw, driver=addon.driver)
+        opts = driver_options(kw, driver=addon.driver, purpose="restore")
         if kw["restoresession"]:
             restore_session(kw, opts)
             return
@@ -95,6 +99,7 @@ def restore_command(addon: Addon) -> click.Command:
         click.option("--source-hostname", default=""),
         lock_options,
         tool_options(addon.args),
+        *addon.extra,
         report_options,
     ])
 

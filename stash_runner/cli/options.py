@@ -61,14 +61,20 @@ class _OptionalFloat(click.ParamType):
 _OPTIONAL_FLOAT = _OptionalFloat()
 
 
-PG_ARGS = ("--pg-args", "Extra arguments for pg_dumpall/pg_dump or psql.")
+PG_ARGS = (("--pg-args",), "Extra arguments for pg_dumpall/pg_dump or psql.")
+MONGO_ARGS = (("--mongo-args",), "mongodump (backup) or mongorestore (restore) options, as Stash's --mongo-args "
+                                 "(see the README for those understood).")
+ANY_ARGS = (("--pg-args", "--mongo-args", "--args"),
+            "Extra arguments for the database's tool: pg_dumpall/pg_dump or psql (PostgreSQL); mongodump or "
+            "mongorestore options (MongoDB).")
 
 
-def tool_options(args: tuple[str, str] = PG_ARGS) -> Callable[[Callable], Callable]:
-    """The database tool's flags: ``args`` is the flag for its extra arguments (Stash's --pg-args) and its help."""
+def tool_options(args: tuple[tuple[str, ...], str] = ANY_ARGS) -> Callable[[Callable], Callable]:
+    """The database tool's flags: ``args`` names the flag(s) for its extra arguments (Stash's --pg-args,
+    --mongo-args) and gives its help."""
 
     def decorate(f: Callable) -> Callable:
-        f = click.option(args[0], "tool_args", default="", help=args[1])(f)
+        f = click.option(*args[0], "tool_args", default="", help=args[1])(f)
         f = click.option("--user", default="", help="Database user (default: from the AppBinding's Secret).")(f)
         f = click.option("--wait-timeout", default=None, type=_OPTIONAL_FLOAT,
                          help="Seconds to wait for the database to accept connections  [default: the Task's "
@@ -164,8 +170,19 @@ def truthy(value: str) -> bool:
     return str(value).strip().lower() in ("1", "true", "yes", "on")
 
 
-def driver_options(kw: dict, backup_cmd: str = "", driver: str | None = None) -> DriverOptions:
+def mongo_options(f: Callable) -> Callable:
+    """Stash's MongoDB addon flags beyond the common ones."""
+    f = click.option("--authentication-database", default="admin", show_default=True,
+                     help="MongoDB: the database the user is defined in (authSource).")(f)
+    return click.option("--max-concurrency", default=3, show_default=True, type=click.IntRange(min=1),
+                        help="MongoDB: hosts of a sharded cluster dumped or restored at once.")(f)
+
+
+def driver_options(kw: dict, backup_cmd: str = "", driver: str | None = None,
+                   purpose: str = "backup") -> DriverOptions:
     """The driver flags. --driver "" means the AppBinding's spec.type; Stash's addon spellings (backup-pg, ...)
     have no --driver and name theirs."""
     return DriverOptions(backup_cmd=backup_cmd, args=kw["tool_args"], user=kw["user"],
-                         scratch_dir=kw["scratch_dir"], driver=kw["driver"] if driver is None else driver)
+                         scratch_dir=kw["scratch_dir"], driver=kw["driver"] if driver is None else driver,
+                         purpose=purpose, auth_database=kw.get("authentication_database") or "",
+                         max_concurrency=kw.get("max_concurrency") or 0)

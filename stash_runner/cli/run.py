@@ -11,6 +11,7 @@ from stash_runner.stash.output import SnapshotStats
 from .options import (
     driver_options,
     lock_options,
+    mongo_options,
     objects_options,
     report_options,
     retention_options,
@@ -36,6 +37,7 @@ from .wiring import backup_host, backup_session, named_storage_and_driver, requi
 @click.option("--compression-level", default=compression.DEFAULT_LEVEL, show_default=True, type=int)
 @click.option("--workers", default=None, type=int, help="Threads for hashing/compressing/encrypting.")
 @tool_options()
+@mongo_options
 @retention_options
 @lock_options
 @storage_options
@@ -72,12 +74,13 @@ def backup(**kw) -> None:
 @click.option("--output-dir", default="", help="Write Stash's output.json here.")
 @click.option("--driver", default="", help="Database driver (default: from the AppBinding's spec.type).")
 @tool_options()
+@mongo_options
 @lock_options
 @storage_options
 @report_options
 def restore(**kw) -> None:
     """Restore a snapshot into the database of an AppBinding."""
-    opts = driver_options(kw)
+    opts = driver_options(kw, purpose="restore")
     if kw["restoresession"]:
         restore_session(kw, opts)
         return

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 from backends.base import Backend
 from drivers import Driver, Dump, HostDump
 from stash_runner import __version__
-from stash_runner.errors import RepositoryNotFound
+from stash_runner.errors import HostsFailed, RepositoryNotFound
 from stash_runner.maintenance.post_backup import PostBackup, post_backup
 from stash_runner.maintenance.retention import Policy
 from stash_runner.restic import compression
@@ -42,6 +44,8 @@ class BackupPlan:
     retention_prune: bool = False
     retention_dry_run: bool = False
     post_actions: bool = False
+    #: told the host names once the driver has named them, before any dump starts (a session's totalHosts)
+    on_hosts: Callable[[list[str]], None] | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -77,13 +81,14 @@ def run_backup(plan: BackupPlan) -> BackupOutcome:
         repo = Repository.init(plan.backend, plan.password)
         log.info("initialised a new repository at %s", plan.backend.location)
     repo.load_index()
-    hosts = plan.driver.hosts(plan.hostname)
-    with RepositoryLock(repo, wait=plan.lock_wait):
+    with RepositoryLock(repo, wait=plan.lock_wait), plan.driver.backup_hosts(plan.hostname) as hosts:
+        if plan.on_hosts is not None:
+            plan.on_hosts([h.hostname for h in hosts])
         if len(hosts) == 1:
             with _archiver(repo, plan) as arch, hosts[0].open() as dump:
                 results = [_snapshot(arch, dump, hosts[0].hostname, plan, "backup")]
         else:
-            results = _parallel_snapshots(repo, plan, hosts)
+            results = _parallel_snapshots(repo, plan, hosts, plan.driver.max_parallel_hosts or len(hosts))
     for result in results:
         st = result.stats
         log.info("snapshot %s saved for %s: %s read, %s stored, %.1f s (%s)", result.snapshot.short_id,
@@ -123,20 +128,35 @@ def _snapshot(arch: Archiver, dump: Dump, hostname: str, plan: BackupPlan, label
                        program_version=f"stash-runner {__version__}")
 
 
-def _parallel_snapshots(repo: Repository, plan: BackupPlan, hosts: list[HostDump]) -> list[BackupResult]:
-    """One snapshot per host, written at once. Every dump is started here, in the main thread, so that a
+def _parallel_snapshots(repo: Repository, plan: BackupPlan, hosts: list[HostDump], limit: int) -> list[BackupResult]:
+    """One snapshot per host, ``limit`` at a time. Every dump is started here, in the main thread, so that a
     SIGTERM stops them all: each host's stream then ends, its dump fails and its archiver removes what it wrote.
-    A host that fails does not stop the others; their snapshots are saved and the first failure is raised."""
-    with ThreadPoolExecutor(len(hosts), thread_name_prefix="host") as pool, contextlib.ExitStack() as dumps:
+    A host that fails does not stop the others; their snapshots are saved, and HostsFailed names the failures
+    and carries the others' results."""
+    slots = threading.Semaphore(limit)
+    with ThreadPoolExecutor(limit, thread_name_prefix="host") as pool, contextlib.ExitStack() as dumps:
         futures = []
         for host in hosts:
+            while not slots.acquire(timeout=0.5):  # in short waits: a signal handler runs between them
+                pass
             dump = dumps.enter_context(host.open())
-            futures.append(pool.submit(_host_snapshot, repo, plan, host.hostname, dump))
+            future = pool.submit(_host_snapshot, repo, plan, host.hostname, dump)
+            future.add_done_callback(lambda _: slots.release())
+            futures.append(future)
         wait(futures)
-    errors = [f.exception() for f in futures if f.exception() is not None]
-    if errors:
-        raise errors[0]
-    return [f.result() for f in futures]
+    failures: dict[str, Exception] = {}
+    results = []
+    for host, future in zip(hosts, futures, strict=True):
+        error = future.exception()
+        if error is None:
+            results.append(future.result())
+        elif isinstance(error, Exception):
+            failures[host.hostname] = error
+        else:
+            raise error  # an interruption is not one host's failure
+    if failures:
+        raise HostsFailed(failures, results)
+    return results
 
 
 def _host_snapshot(repo: Repository, plan: BackupPlan, hostname: str, dump: Dump) -> BackupResult:

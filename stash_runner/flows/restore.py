@@ -1,15 +1,19 @@
-"""Restore one database from a snapshot: the flow behind ``restore`` and ``restore-pg``."""
+"""Restore a database from a snapshot (or, for a multi-host database, one snapshot per host): the flow behind
+``restore`` and ``restore-<db>``."""
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 from backends.base import Backend
-from drivers.base import Driver
-from stash_runner.errors import SnapshotNotFound
+from drivers import Driver, RestoreHost
+from stash_runner.errors import HostsFailed, Interrupted, SnapshotNotFound
+from stash_runner.restic import tree
 from stash_runner.restic.lock import RepositoryLock
 from stash_runner.restic.reader import find_file, iter_content
 from stash_runner.restic.repository import Repository
@@ -31,6 +35,11 @@ class RestorePlan:
     wait_timeout: float = 300.0
     progress_interval: float = 5.0
     lock_wait: float = 0.0  # seconds to wait for a live exclusive lock (a prune) before failing
+    #: for a multi-host restore: a host's (snapshot, source host); default: the latest of that same host.
+    #: A single-host restore takes ``snapshot`` and ``source_hostname``.
+    choose: Callable[[str], tuple[str, str]] | None = field(default=None, repr=False)
+    #: told the host names once the driver has named them, before anything is restored (a session's totalHosts)
+    on_hosts: Callable[[list[str]], None] | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -38,34 +47,99 @@ class RestoreResult:
     snapshot: Snapshot
     bytes_restored: int
     seconds: float
+    hostname: str = ""  # the driver's host it was restored as (a sharded cluster's member)
 
 
-def run_restore(plan: RestorePlan) -> RestoreResult:
+@dataclass
+class _Pick:
+    host: RestoreHost
+    snapshot: Snapshot
+    node: tree.Node
+
+
+def run_restore(plan: RestorePlan) -> list[RestoreResult]:
     started = time.monotonic()
     repo = Repository.open(plan.backend, plan.password)
     repo.load_index()
+    hosts = plan.driver.restore_hosts(plan.source_hostname)
+    if plan.on_hosts is not None:
+        plan.on_hosts([h.hostname for h in hosts])
+    # Every snapshot is found before the database is touched: a missing one fails the restore untouched.
+    picks = [_pick(repo, plan, host, single=len(hosts) == 1) for host in hosts]
+    for p in picks:
+        where = plan.driver.target if len(picks) == 1 else f"{plan.driver.target}, host {p.host.hostname}"
+        log.info("restoring snapshot %s (%s, host %s) into %s", p.snapshot.short_id, p.snapshot.time,
+                 p.snapshot.hostname, where)
+    plan.driver.wait_ready(plan.wait_timeout)
+    with RepositoryLock(repo, wait=plan.lock_wait):
+        if len(picks) == 1:
+            count = [0]
+            progress = Progress("restore", lambda: count[0], interval=plan.progress_interval)
+            with progress:
+                picks[0].host.restore(_counted(iter_content(repo, picks[0].node), count))
+            results = [RestoreResult(picks[0].snapshot, count[0], time.monotonic() - started, picks[0].host.hostname)]
+        else:
+            results = _parallel(repo, plan, picks, started)
+    for result in results:
+        log.info("restored snapshot %s: %s in %.1f s (%s)", result.snapshot.short_id,
+                 stash_bytes(result.bytes_restored), result.seconds, rate(result.bytes_restored, result.seconds))
+    return results
+
+
+def _pick(repo: Repository, plan: RestorePlan, host: RestoreHost, single: bool) -> _Pick:
+    if single:
+        snapshot, source = plan.snapshot, plan.source_hostname
+    elif plan.choose is not None:
+        snapshot, source = plan.choose(host.hostname)
+    else:
+        snapshot, source = "latest", host.hostname
     path = "/" + plan.driver.filename
-    latest = plan.snapshot in ("", "latest")
-    snap = repo.find_snapshot(plan.snapshot, hostname=plan.source_hostname if latest else None,
-                              path=path if latest else None)
+    latest = snapshot in ("", "latest")
+    snap = repo.find_snapshot(snapshot, hostname=source if latest else None, path=path if latest else None)
     try:
         _, node = find_file(repo, snap, path)
     except SnapshotNotFound:
         _, node = find_file(repo, snap, None)  # a snapshot of a single stream under another name
-    log.info("restoring snapshot %s (%s, host %s) into %s", snap.short_id, snap.time, snap.hostname,
-             plan.driver.target)
-    plan.driver.wait_ready(plan.wait_timeout)
-    count = [0]
+    return _Pick(host, snap, node)
 
-    def counted(chunks: Iterator[bytes]) -> Iterator[bytes]:
-        for c in chunks:
-            count[0] += len(c)
-            yield c
 
-    progress = Progress("restore", lambda: count[0], interval=plan.progress_interval)
-    with RepositoryLock(repo, wait=plan.lock_wait), progress:
-        plan.driver.restore(counted(iter_content(repo, node)))
-    result = RestoreResult(snap, count[0], time.monotonic() - started)
-    log.info("restored snapshot %s: %s in %.1f s (%s)", snap.short_id, stash_bytes(result.bytes_restored),
-             result.seconds, rate(result.bytes_restored, result.seconds))
-    return result
+def _counted(chunks: Iterator[bytes], count: list[int], stop: threading.Event | None = None) -> Iterator[bytes]:
+    for c in chunks:
+        if stop is not None and stop.is_set():
+            raise Interrupted("restore stopped")
+        count[0] += len(c)
+        yield c
+
+
+def _parallel(repo: Repository, plan: RestorePlan, picks: list[_Pick], started: float) -> list[RestoreResult]:
+    """Each host into its own target, ``max_parallel_hosts`` at a time. A SIGTERM in the main thread stops every
+    host's stream; a host that fails does not stop the others (HostsFailed names the failures)."""
+    stop = threading.Event()
+    counts = {p.host.hostname: [0] for p in picks}
+    limit = plan.driver.max_parallel_hosts or len(picks)
+
+    def one(p: _Pick) -> RestoreResult:
+        p.host.restore(_counted(iter_content(repo, p.node), counts[p.host.hostname], stop))
+        return RestoreResult(p.snapshot, counts[p.host.hostname][0], time.monotonic() - started, p.host.hostname)
+
+    with ThreadPoolExecutor(limit, thread_name_prefix="restore") as pool:
+        futures = [pool.submit(one, p) for p in picks]
+        try:
+            while wait(futures, timeout=0.5).not_done:  # short waits: a signal handler runs between them
+                pass
+        except BaseException:
+            stop.set()
+            raise
+    failures: dict[str, Exception] = {}
+    results = []
+    for p, future in zip(picks, futures, strict=True):
+        error = future.exception()
+        if error is None:
+            results.append(future.result())
+        elif isinstance(error, Exception):
+            failures[p.host.hostname] = error
+        else:
+            raise error
+    if failures:
+        raise HostsFailed(failures, results)
+    return results

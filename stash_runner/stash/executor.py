@@ -17,11 +17,12 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from drivers import Driver, DriverOptions
-from stash_runner.errors import BadInput, Interrupted, RunnerError, TimedOut, describe
+from stash_runner.errors import BadInput, HostsFailed, Interrupted, RunnerError, TimedOut, describe
 from stash_runner.flows.backup import BackupOutcome, BackupPlan, run_backup
 from stash_runner.flows.restore import RestorePlan, run_restore
 from stash_runner.maintenance.post_backup import PostBackup, post_backup
 from stash_runner.restic import compression
+from stash_runner.restic.archiver import BackupResult
 from stash_runner.restic.repository import Repository
 from stash_runner.restic.timefmt import go_duration
 
@@ -100,11 +101,15 @@ def _driver_options(opts: DriverOptions, params: Mapping[str, str]) -> DriverOpt
     backup_cmd = opts.backup_cmd
     if opts.backup_cmd in ("", "pg_dumpall"):  # a flag left at its default gives way to the Task's param
         backup_cmd = params.get("backupCMD") or params.get("backupCmd") or backup_cmd
+    auth_database = opts.auth_database
+    if opts.auth_database in ("", "admin"):
+        auth_database = params.get("authenticationDatabase") or auth_database
     return dataclasses.replace(
         opts,
         backup_cmd=backup_cmd,
         args=opts.args or params.get("args", ""),
         user=opts.user or params.get("user", ""),
+        auth_database=auth_database,
     )
 
 
@@ -131,8 +136,9 @@ def _app_type(source: ObjectSource, ref: ObjectRef, namespace: str) -> str | Non
 
 
 def backup_session(rep: Reporting, namespace: str, name: str, settings: BackupSettings,
-                   open_storage: StorageOpener) -> HostResult:
-    """Back up this host's target of a BackupSession and report it; raises after reporting a failure."""
+                   open_storage: StorageOpener) -> list[HostResult]:
+    """Back up this Job's target of a BackupSession (one host, or each member of a sharded cluster) and report
+    it; raises after reporting a failure."""
     session = read_backup_session(rep.source, namespace, name)
     reporter = BackupReporter(rep.writer, session, rep.pusher(session.invoker_kind, session.invoker_name, namespace))
     started = time.monotonic()
@@ -143,19 +149,33 @@ def backup_session(rep: Reporting, namespace: str, name: str, settings: BackupSe
         _aim(reporter, rep.source, invoker, target, namespace)
         reporter.started()
         with deadline(invoker.timeout, f"{invoker.ref}: spec.timeOut"):
-            host, outcome, storage = _backup_target(rep.source, invoker, target, settings, open_storage, started)
             try:
-                run_post = reporter.host_done(host, initialized=outcome.initialized)
+                hosts, outcome, storage = _backup_target(rep.source, invoker, target, settings, open_storage,
+                                                         started, reporter)
+            except HostsFailed as e:
+                # The hosts that finished are reported beside those that failed; the run still fails.
+                hosts = [_host_result(r, started) for r in e.results] + [
+                    HostResult(h, FAILED, time.monotonic() - started, describe(err)) for h, err in e.failures.items()]
+                recorded = all([reporter.fail(h) for h in hosts])
+                reported = True
+                if settings.output_dir:
+                    write_output(settings.output_dir, target.ref.name, hosts,
+                                 reported=recorded and rep.writer is not None, ref=target.ref.json())
+                raise
+            try:
+                run_post = False
+                for host in hosts:
+                    run_post = reporter.host_done(host, initialized=outcome.initialized) or run_post
                 reported = True
                 if settings.output_dir:
                     # after the status write: "statusReported" must never claim a write that did not happen
-                    write_output(settings.output_dir, target.ref.name, host, reported=rep.writer is not None,
+                    write_output(settings.output_dir, target.ref.name, hosts, reported=rep.writer is not None,
                                  ref=target.ref.json())
                 if run_post:
                     _post_backup(reporter, invoker, settings, outcome.repo, storage)
             finally:
                 storage.close()
-        return host
+        return hosts
     except (RunnerError, Interrupted, KeyboardInterrupt) as e:
         if not reported:
             failed = HostResult(settings.hostname, FAILED, time.monotonic() - started, describe(e))
@@ -164,6 +184,11 @@ def backup_session(rep: Reporting, namespace: str, name: str, settings: BackupSe
                 write_output(settings.output_dir, reporter.target_ref["name"], failed,
                              reported=recorded and rep.writer is not None, ref=reporter.target_ref)
         raise
+
+
+def _host_result(result: BackupResult, started: float) -> HostResult:
+    return HostResult(result.snapshot.hostname, SUCCEEDED, time.monotonic() - started,
+                      snapshots=[SnapshotStats.from_result(result)])
 
 
 def _aim(reporter: BackupReporter, source: ObjectSource, invoker: BackupInvoker, target: BackupTarget,
@@ -175,8 +200,10 @@ def _aim(reporter: BackupReporter, source: ObjectSource, invoker: BackupInvoker,
 
 
 def _backup_target(source: ObjectSource, invoker: BackupInvoker, target: BackupTarget, settings: BackupSettings,
-                   open_storage: StorageOpener, started: float) -> tuple[HostResult, BackupOutcome, Storage]:
-    """The dump into a snapshot; the storage stays open for the post-backup actions (the caller closes it)."""
+                   open_storage: StorageOpener, started: float,
+                   reporter: BackupReporter) -> tuple[list[HostResult], BackupOutcome, Storage]:
+    """The dump into snapshots (one per host); the storage stays open for the post-backup actions (the caller
+    closes it)."""
     if target.ref.kind != "AppBinding":
         raise BadInput(f"{invoker.ref}: target {target.ref.kind} {target.ref.name}: stash-runner backs up "
                        "databases (AppBinding targets) only")
@@ -189,7 +216,7 @@ def _backup_target(source: ObjectSource, invoker: BackupInvoker, target: BackupT
                           hostname=settings.hostname, tags=settings.tags,
                           wait_timeout=_wait_timeout(settings.wait_timeout, target.params, invoker.ref),
                           compression_level=settings.compression_level, workers=settings.workers,
-                          lock_wait=settings.lock_wait)
+                          lock_wait=settings.lock_wait, on_hosts=reporter.set_hosts)
         outcome = run_backup(plan)
     except BaseException:
         storage.close()
@@ -197,9 +224,7 @@ def _backup_target(source: ObjectSource, invoker: BackupInvoker, target: BackupT
     finally:
         if drv is not None:
             drv.close()
-    host = HostResult(settings.hostname, SUCCEEDED, time.monotonic() - started,
-                      snapshots=[SnapshotStats.from_result(outcome.result)])
-    return host, outcome, storage
+    return [_host_result(r, started) for r in outcome.results], outcome, storage
 
 
 def _post_backup(reporter: BackupReporter, invoker: BackupInvoker, settings: BackupSettings, repo: Repository,
@@ -245,8 +270,9 @@ def _restore_reporter(rep: Reporting, session: RestoreSession, namespace: str,
 
 
 def restore_session(rep: Reporting, namespace: str, name: str, settings: RestoreSettings,
-                    open_storage: StorageOpener) -> HostResult:
-    """Restore this host of a RestoreSession and report it; raises after reporting a failure."""
+                    open_storage: StorageOpener) -> list[HostResult]:
+    """Restore this host of a RestoreSession (or each member of a sharded cluster, each from the snapshot its
+    rules give) and report it; raises after reporting a failure."""
     session = read_restore_session(rep.source, namespace, name)
     target = session.target
     reporter = _restore_reporter(rep, session, namespace)
@@ -257,33 +283,39 @@ def restore_session(rep: Reporting, namespace: str, name: str, settings: Restore
         reporter.started()
         if not appbinding:
             raise BadInput(f"{session.ref}: spec.target.ref is missing (or give --appbinding)")
-        rule = session.rule_for(settings.hostname)
-        snapshot = settings.snapshot or (rule.snapshots[0] if rule.snapshots else "latest")
-        # Stash names snapshots "<repository>-<short id>"; the repository knows them by id
-        prefix = session.repository + "-"
-        if snapshot.startswith(prefix):
-            snapshot = snapshot[len(prefix):]
-        source_host = settings.source_hostname or rule.source_host or settings.hostname
+        snapshot, source_host = _restore_pick(session, settings, settings.hostname, single=True)
         with deadline(session.timeout, f"{session.ref}: spec.timeOut"):
             storage = open_storage(session.repository_namespace, session.repository)
             drv = None
             try:
                 drv = driver_for(rep.source, (target.namespace if target else "") or namespace, appbinding,
                                  _driver_options(settings.driver, session.params))
-                run_restore(RestorePlan(
+                results = run_restore(RestorePlan(
                     driver=drv, backend=storage.backend, password=storage.password, snapshot=snapshot,
                     source_hostname=source_host, lock_wait=settings.lock_wait,
-                    wait_timeout=_wait_timeout(settings.wait_timeout, session.params, session.ref)))
+                    wait_timeout=_wait_timeout(settings.wait_timeout, session.params, session.ref),
+                    choose=lambda host: _restore_pick(session, settings, host, single=False),
+                    on_hosts=reporter.set_hosts))
+            except HostsFailed as e:
+                hosts = [HostResult(r.hostname, SUCCEEDED, r.seconds) for r in e.results] + [
+                    HostResult(h, FAILED, time.monotonic() - started, describe(err)) for h, err in e.failures.items()]
+                recorded = all([reporter.fail(h) for h in hosts])
+                reported = True
+                if settings.output_dir:
+                    write_output(settings.output_dir, appbinding, hosts, reported=recorded and rep.writer is not None)
+                raise
             finally:
                 if drv is not None:
                     drv.close()
                 storage.close()
-        host = HostResult(settings.hostname, SUCCEEDED, time.monotonic() - started)
-        reporter.host_done(host)
+        hosts = [HostResult(settings.hostname, SUCCEEDED, time.monotonic() - started)] if len(results) == 1 else [
+            HostResult(r.hostname, SUCCEEDED, r.seconds) for r in results]
+        for host in hosts:
+            reporter.host_done(host)
         reported = True
         if settings.output_dir:
-            write_output(settings.output_dir, appbinding, host, reported=rep.writer is not None)
-        return host
+            write_output(settings.output_dir, appbinding, hosts, reported=rep.writer is not None)
+        return hosts
     except (RunnerError, Interrupted, KeyboardInterrupt) as e:
         if reported:
             raise
@@ -292,6 +324,20 @@ def restore_session(rep: Reporting, namespace: str, name: str, settings: Restore
         if settings.output_dir and appbinding:
             write_output(settings.output_dir, appbinding, failed, reported=recorded and rep.writer is not None)
         raise
+
+
+def _restore_pick(session: RestoreSession, settings: RestoreSettings, hostname: str,
+                  single: bool) -> tuple[str, str]:
+    """The snapshot and source host for ``hostname``: the flags (for this Job's one host), else the session's
+    rule for it (Stash's choice: the rule naming the host, else the one naming none), else its latest."""
+    rule = session.rule_for(hostname)
+    snapshot = (settings.snapshot if single else "") or (rule.snapshots[0] if rule.snapshots else "latest")
+    # Stash names snapshots "<repository>-<short id>"; the repository knows them by id
+    prefix = session.repository + "-"
+    if snapshot.startswith(prefix):
+        snapshot = snapshot[len(prefix):]
+    source_host = (settings.source_hostname if single else "") or rule.source_host or hostname
+    return snapshot, source_host
 
 
 # -- update-status ---------------------------------------------------------------------------

@@ -96,15 +96,17 @@ class HostResult:
                    snapshots=[SnapshotStats.from_json(s) for s in d.get("snapshots") or []])
 
 
-def write_output(output_dir: str, target_name: str, host: HostResult, repository: dict | None = None, *,
-                 reported: bool = False, ref: dict | None = None) -> str:
+def write_output(output_dir: str, target_name: str, host: HostResult | list[HostResult],
+                 repository: dict | None = None, *, reported: bool = False, ref: dict | None = None) -> str:
     """Write ``output.json`` as Stash does: {"targetStatus": {"ref": ..., "stats": [host]}}, plus
     {"repository": {integrity, size, snapshotCount, snapshotsRemovedOnLastCleanup}} after post-backup actions.
 
     ``reported``: this run already wrote the session's status, so an update-status step after it has
     nothing left to do (Stash ignores the extra field).
     """
-    doc: dict = {"targetStatus": {"ref": ref or {**APPBINDING_REF, "name": target_name}, "stats": [host.to_json()]}}
+    hosts = host if isinstance(host, list) else [host]
+    doc: dict = {"targetStatus": {"ref": ref or {**APPBINDING_REF, "name": target_name},
+                                  "stats": [h.to_json() for h in hosts]}}
     if repository is not None:
         doc["repository"] = repository
     if reported:

@@ -163,6 +163,14 @@ class BackupReporter(_Reporter):
         self.metrics_target = metrics.Target.from_ref(self.target_ref, app_type)
         self.total_hosts, self.expected_targets = total_hosts, expected_targets
 
+    def set_hosts(self, hostnames: list[str]) -> None:
+        """The target's totalHosts, once the driver has named its hosts (several for a sharded cluster)."""
+        if len(hostnames) == self.total_hosts or self.target_ref is None:
+            return
+        self.total_hosts = len(hostnames)
+        ref, total = self.target_ref, self.total_hosts
+        self._write(lambda st: status.set_target_hosts(st, ref, total))
+
     def started(self) -> None:
         """The target entry (with totalHosts) and the session Running, before the backup starts."""
         assert self.target_ref is not None
@@ -264,6 +272,13 @@ class RestoreReporter(_Reporter):
 
     def started(self) -> None:
         self._write(lambda st: status.start_restore(st, self.total_hosts))
+
+    def set_hosts(self, hostnames: list[str]) -> None:
+        """The session's totalHosts, once the driver has named the hosts it restores."""
+        if len(hostnames) == self.total_hosts:
+            return
+        self.total_hosts = total = len(hostnames)
+        self._write(lambda st: status.set_restore_hosts(st, total))
 
     def host_done(self, host: HostResult) -> None:
         when = _now()

@@ -104,17 +104,15 @@ def storage_from_flags(
     return _storage(spec, secret, f"--provider {provider}", policy, repo)
 
 
-def _secret(source: ObjectSource, namespace: str, name: str | None, ref: str, field_path: str) -> Secret:
-    if not name:
-        raise BadInput(f"{ref}: {field_path} is missing")
-    return Secret.from_object(source.get("Secret", namespace, name), namespace)
+def _secret(source: ObjectSource, namespace: str, name: str | None) -> Secret | None:
+    return Secret.from_object(source.get("Secret", namespace, name), namespace) if name else None
 
 
 def endpoint_for(source: ObjectSource, ab: AppBinding) -> Endpoint:
-    """How to reach the AppBinding's database: its clientConfig, parameters, Secret and TLS Secret."""
-    auth = _secret(source, ab.namespace, ab.secret_name, ab.ref, "spec.secret.name")
-    tls = Secret.from_object(source.get("Secret", ab.namespace, ab.tls_secret_name), ab.namespace) \
-        if ab.tls_secret_name else None
+    """How to reach the AppBinding's database: its clientConfig, parameters, Secret and TLS Secret. A driver
+    whose database needs credentials says so when spec.secret is missing."""
+    auth = _secret(source, ab.namespace, ab.secret_name)
+    tls = _secret(source, ab.namespace, ab.tls_secret_name)
     return Endpoint(ref=ab.ref, host=ab.host, port=ab.port, scheme=ab.scheme, path=ab.path, query=ab.query,
                     parameters=ab.parameters, auth=auth, tls=tls, ca_bundle=ab.ca_bundle)
 

@@ -153,6 +153,20 @@ def start_backup_target(status: Mapping, ref: Mapping, total_hosts: int, *, expe
     return _with_session_phase(new, expected_targets, created, now)
 
 
+def set_target_hosts(status: Mapping, ref: Mapping, total_hosts: int) -> dict:
+    """A target's host count once its driver has named its hosts (a sharded cluster: shards + 1), as Stash's
+    MongoDB addon patches it."""
+    new = copy.deepcopy(dict(status))
+    _target_entry(new, ref, total_hosts)["totalHosts"] = total_hosts
+    return new
+
+
+def set_restore_hosts(status: Mapping, total_hosts: int) -> dict:
+    new = copy.deepcopy(dict(status))
+    new["totalHosts"] = total_hosts
+    return new
+
+
 def record_backup_host(status: Mapping, ref: Mapping, host: Mapping, *, total_hosts: int, expected_targets: int,
                        created: str, now: str, conditions: Iterable[Condition] = ()) -> dict:
     """A host's result (output.json's ``stats`` entry) under its target; target and session phases follow."""

@@ -1,0 +1,1 @@
+"""MongoDB: pymongo instead of mongodump/mongorestore, in mongodump's archive format."""

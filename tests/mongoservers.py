@@ -52,6 +52,7 @@ class MongoPeer(Server):
     username: str | None = None
     password: str | None = field(default=None, repr=False)
     replica_set: str | None = None
+    tls_port: int | None = None  # FerretDB's TLS listener (start_ferretdb(tls=...)), next to the plain one
 
     @property
     def url(self) -> str:
@@ -123,14 +124,28 @@ def _recv_exactly(s: socket.socket, n: int) -> bytes:
     return buf
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    """What FerretDB's TLS listener presents (``--listen-tls-cert-file``, ``--listen-tls-key-file``), and the CA
+    (``--listen-tls-ca-file``) whose certificate it then requires from every client: without it, FerretDB
+    asks for no client certificate."""
+
+    cert_file: str
+    key_file: str
+    ca_file: str | None = None
+
+
 def start_ferretdb(workdir: str, *, username: str | None = None, password: str | None = None,
-                   replica_set: str | None = None) -> MongoPeer:
+                   replica_set: str | None = None, tls: TlsFiles | None = None,
+                   port: int | None = None) -> MongoPeer:
     """FerretDB on SQLite files under ``workdir``.
 
     With ``username``/``password``: SCRAM authentication (``--test-enable-new-auth``), the user created in
     ``admin`` at start; the credentials go to FerretDB through its environment, not its argv.
     With ``replica_set``: ``hello`` reports that set (always primary), and the capped ``local.oplog.rs``
     is created, so that FerretDB records every write there.
+    With ``tls``: a TLS listener as well, on ``.tls_port`` (the plain one stays, for the readiness ping and
+    setup). ``port``: the plain listener's port, when the caller reserved one.
     """
     binary = ferretdb_binary()
     if not os.access(binary, os.X_OK):
@@ -139,10 +154,17 @@ def start_ferretdb(workdir: str, *, username: str | None = None, password: str |
         raise ValueError("give both username and password, or neither")
     data = os.path.join(workdir, "data")
     os.makedirs(data, exist_ok=True)  # FerretDB wants the SQLite directory to exist
-    port, debug_port = free_port(), free_port()
+    port, debug_port = port or free_port(), free_port()
     argv = [binary, "--handler=sqlite", f"--sqlite-url=file:{data}/", f"--state-dir={workdir}",
             f"--listen-addr=127.0.0.1:{port}", f"--debug-addr=127.0.0.1:{debug_port}",
             "--telemetry=disable", "--log-level=warn"]
+    tls_port = None
+    if tls is not None:
+        tls_port = free_port()
+        argv += [f"--listen-tls=127.0.0.1:{tls_port}", f"--listen-tls-cert-file={tls.cert_file}",
+                 f"--listen-tls-key-file={tls.key_file}"]
+        if tls.ca_file:
+            argv.append(f"--listen-tls-ca-file={tls.ca_file}")
     env: dict[str, str] = {}
     if username is not None:
         argv.append("--test-enable-new-auth")
@@ -151,7 +173,13 @@ def start_ferretdb(workdir: str, *, username: str | None = None, password: str |
     if replica_set:
         argv.append(f"--repl-set-name={replica_set}")
     peer = _start("ferretdb", argv, workdir, port, env=env, username=username, password=password,
-                  replica_set=replica_set)
+                  replica_set=replica_set, tls_port=tls_port)
+    if tls_port is not None:
+        try:
+            _wait_for_tcp(tls_port)
+        except BaseException:
+            peer.stop()
+            raise
     if replica_set:
         try:
             # FerretDB keeps an oplog only once this capped collection exists (already there: a reused dir).
@@ -161,6 +189,19 @@ def start_ferretdb(workdir: str, *, username: str | None = None, password: str |
             peer.stop()
             raise
     return peer
+
+
+def _wait_for_tcp(port: int, timeout: float = 10) -> None:
+    """Until 127.0.0.1:port accepts a TCP connection (FerretDB opens its listeners one after the other)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 def start_mongo_java_server(workdir: str) -> MongoPeer:

@@ -1,6 +1,6 @@
 """mongodump's archive format (drivers/mongodb/archive.py), judged by archives the real mongodump 100.18.0 wrote.
 
-No server is needed: the fixtures (shared/fixtures/mongodump-archives, beside the clone) and expected.json hold
+No server is needed: the fixtures (tests/fixtures/mongodump-archives, from the real mongodump) and expected.json hold
 what the source databases held.
 """
 
@@ -41,7 +41,7 @@ from drivers.mongodb.archive import (
 )
 from stash_runner.errors import BadInput, IntegrityError
 
-FIXTURES = pathlib.Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "mongodump-archives"
+FIXTURES = pathlib.Path(__file__).resolve().parent / "fixtures" / "mongodump-archives"
 EXPECTED = json.loads((FIXTURES / "expected.json").read_text())
 ALL = ["all-dbs.archive", "all-dbs.gz.archive", "app-only.archive", "rs-oplog.archive"]
 MONGODUMP_HEADER = Header(concurrent_collections=4, version="0.1", server_version="5.0.0", tool_version="100.18.0")

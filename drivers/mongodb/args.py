@@ -1,19 +1,21 @@
 """Stash's ``--mongo-args``: the mongodump and mongorestore options people pass, understood by us.
 
 Every option is checked before anything is read or written; one that we do not implement is an error naming
-it, never silently ignored. Values come as ``--opt=value``, ``--opt value`` or ``-o value``; quoting works
-(Stash splits on whitespace only, so anything it passes parses the same here).
+it, never silently ignored. Values come as ``--opt=value``, ``--opt value`` or ``-o value``. Words are split
+on whitespace as Stash splits them, so double quotes stay part of a value (``--query={"n":1}`` is JSON);
+single quotes group words that hold spaces (``--query='{"name": "a b"}'``).
 """
 
 from __future__ import annotations
 
-import shlex
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from bson import json_util
+from bson.errors import BSONError
 
-from stash_runner.errors import BadInput
+from stash_runner.errors import BadInput, one_line
 
 READ_PREFERENCES = ("primary", "primaryPreferred", "secondary", "secondaryPreferred", "nearest")
 
@@ -58,7 +60,8 @@ class RestoreArgs:
 
     @property
     def filtered(self) -> bool:
-        return bool(self.ns_include or self.ns_exclude)
+        """Namespaces are selected or renamed: the oplog, which names the original ones, is not replayed."""
+        return bool(self.ns_include or self.ns_exclude or self.ns_from)
 
 
 @dataclass(frozen=True)
@@ -98,10 +101,7 @@ _RESTORE = (
 
 def _options(text: str, flag: str, specs: tuple[_Spec, ...], tool: str) -> list[tuple[_Spec, str, str]]:
     """(spec, name as written, value) for each option, in order."""
-    try:
-        words = shlex.split(text or "")
-    except ValueError as e:
-        raise BadInput(f"{flag}: {e}") from None
+    words = _split(text or "", flag)
     by_name = {name: spec for spec in specs for name in spec.names}
     known = ", ".join(spec.names[0] for spec in specs)
     out = []
@@ -110,10 +110,16 @@ def _options(text: str, flag: str, specs: tuple[_Spec, ...], tool: str) -> list[
         word = words[i]
         name, eq, value = word.partition("=")
         spec = by_name.get(name)
+        if spec is None and not eq and _is_option(word) and not word.startswith("--"):
+            # a short option with its value attached (-j2, -dapp), as mongodump's parser takes it
+            name, eq, value = word[:2], "=", word[2:]
+            spec = by_name.get(name)
         if spec is None:
+            if not _is_option(word):  # a stray word: maybe a connection string, whose password stays out
+                raise BadInput(f"{flag}: {_redact(word)!r} is not an option ({tool}'s options start with -)")
             raise BadInput(f"{flag}: {name!r} is not a {tool} option stash-runner implements (it understands: {known})")
         if spec.takes_value and not eq:
-            if i + 1 >= len(words):
+            if i + 1 >= len(words) or _is_option(words[i + 1]):
                 raise BadInput(f"{flag}: {name} needs a value")
             i += 1
             value = words[i]
@@ -122,6 +128,41 @@ def _options(text: str, flag: str, specs: tuple[_Spec, ...], tool: str) -> list[
         out.append((spec, name, value))
         i += 1
     return out
+
+
+def _is_option(word: str) -> bool:
+    """``--name`` or ``-n``, not a negative number (a value)."""
+    return word.startswith("--") or (word.startswith("-") and word[1:2].isalpha())
+
+
+def _redact(word: str) -> str:
+    """A word without the credentials it may hold (``mongodb://user:password@host``: ``mongodb://***@host``)."""
+    return re.sub(r"[^/@]*@", "***@", word, count=1)
+
+
+def _split(text: str, flag: str) -> list[str]:
+    words: list[str] = []
+    word: list[str] = []
+    quoted = started = False
+    for ch in text:
+        if quoted:
+            if ch == "'":
+                quoted = False
+            else:
+                word.append(ch)
+        elif ch == "'":
+            quoted = started = True
+        elif ch.isspace():
+            if word or started:
+                words.append("".join(word))
+            word, started = [], False
+        else:
+            word.append(ch)
+    if quoted:
+        raise BadInput(f"{flag}: a single quote is not closed")
+    if word or started:
+        words.append("".join(word))
+    return words
 
 
 def _count(name: str, value: str, flag: str) -> int:
@@ -142,8 +183,8 @@ def parse_dump_args(text: str, flag: str = "--mongo-args") -> DumpArgs:
         elif spec.field == "query":
             try:
                 query = json_util.loads(value)
-            except ValueError as e:
-                raise BadInput(f"{flag}: {name}: not valid Extended JSON: {e}") from None
+            except (ValueError, TypeError, ArithmeticError, BSONError) as e:  # bad $oid, $numberDecimal, ...
+                raise BadInput(f"{flag}: {name}: not valid Extended JSON: {one_line(e)}") from None
             if not isinstance(query, dict):
                 raise BadInput(f"{flag}: {name}: must be a JSON document")
             args.query = query

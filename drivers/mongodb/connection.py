@@ -98,6 +98,7 @@ class Credentials:
     password: str = field(default="", repr=False)
     auth_source: str = DEFAULT_AUTH_DATABASE
     x509: bool = False
+    tls: bool = False  # also without files: the URL's tls=true/ssl=true, verified against the system's CAs
     ca_file: str = ""
     cert_file: str = ""
     insecure_tls: bool = False
@@ -109,6 +110,7 @@ class Credentials:
         creds = cls(auth_source=auth_database or ep.query.get("authSource") or DEFAULT_AUTH_DATABASE)
         tls_on = bool(ep.ca_bundle) or ep.query.get("tls") == "true" or ep.query.get("ssl") == "true"
         client_pem = _client_pem(ep)
+        creds.tls = bool(tls_on or client_pem)
         if tls_on or client_pem:
             creds.scratch = tempfile.mkdtemp(prefix="mongo-", dir=scratch_dir if scratch_dir and
                                              os.path.isdir(scratch_dir) else None)
@@ -136,7 +138,7 @@ class Credentials:
         elif self.username:
             # SCRAM-SHA-1 or -256: pymongo asks the server which the user has (Stash forces SHA-256)
             opts.update(username=self.username, password=self.password, authSource=self.auth_source)
-        if self.ca_file or self.cert_file:
+        if self.tls or self.ca_file or self.cert_file:
             opts["tls"] = True
             if self.ca_file:
                 opts["tlsCAFile"] = self.ca_file
@@ -174,7 +176,21 @@ def certificate_subject(pem: bytes, ref: str) -> str:
         cert = x509.load_pem_x509_certificate(pem)
     except ValueError as e:
         raise BadInput(f"{ref}: the client certificate is not a PEM certificate: {e}") from None
-    return cert.subject.rfc4514_string()
+    # As OpenSSL prints it and MongoDB compares it: every attribute in reverse order (also inside a multi-valued
+    # RDN), OpenSSL's short names where RFC 4514 has other names or none.
+    names = {x509.ObjectIdentifier(oid): name for oid, name in _OPENSSL_NAMES.items()}
+    return ",".join("+".join(a.rfc4514_string(names) for a in reversed(list(rdn)))
+                    for rdn in reversed(cert.subject.rdns))
+
+
+_OPENSSL_NAMES = {
+    "2.5.4.4": "SN", "2.5.4.5": "serialNumber", "2.5.4.9": "street", "2.5.4.12": "title", "2.5.4.13": "description",
+    "2.5.4.15": "businessCategory", "2.5.4.17": "postalCode", "2.5.4.41": "name", "2.5.4.42": "GN",
+    "2.5.4.43": "initials", "2.5.4.44": "generationQualifier", "2.5.4.46": "dnQualifier", "2.5.4.65": "pseudonym",
+    "2.5.4.72": "role", "2.5.4.97": "organizationIdentifier", "1.2.840.113549.1.9.1": "emailAddress",
+    "1.2.840.113549.1.9.2": "unstructuredName", "1.3.6.1.4.1.311.60.2.1.1": "jurisdictionL",
+    "1.3.6.1.4.1.311.60.2.1.2": "jurisdictionST", "1.3.6.1.4.1.311.60.2.1.3": "jurisdictionC",
+}
 
 
 def _write_private(directory: str, name: str, data: bytes) -> str:
@@ -190,6 +206,7 @@ def client(creds: Credentials, hosts: list[str] | str, *, port: int | None = Non
            **extra: Any) -> pymongo.MongoClient:
     """A pymongo client; nothing is connected until the first command."""
     opts = creds.client_options()
+    opts["connect"] = False  # not even SRV's DNS lookup before the first command: wait_ready waits for that too
     opts.update(extra)
     if replica_set:
         opts["replicaSet"] = replica_set

@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 
+import pymongo
+
 from stash_runner.errors import BadInput
 
-from ..base import Driver, DriverOptions, Endpoint, HostDump
+from ..base import Driver, DriverOptions, Endpoint, HostDump, RestoreHost
 from . import dump, restore
 from .args import DumpArgs, RestoreArgs, parse_dump_args, parse_restore_args
-from .connection import Credentials, Topology, deployment_client, wait_until
+from .connection import Credentials, ReplicaSet, Topology, client, deployment_client, wait_until
 
 log = logging.getLogger("stash_runner")
 
@@ -56,8 +59,15 @@ class MongoDriver(Driver):
     # -- connections -------------------------------------------------------------------------
 
     def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
         with contextlib.closing(deployment_client(self.topology, self.creds)) as c:
-            wait_until(self.target, lambda: c.admin.command("ping"), timeout, log.info)
+
+            def ping() -> None:
+                # each attempt ends by the deadline, and soon enough that the wait is reported while it lasts
+                with pymongo.timeout(max(0.1, min(2.0, deadline - time.monotonic()))):
+                    c.admin.command("ping")
+
+            wait_until(self.target, ping, timeout, log.info)
 
     # -- backup ------------------------------------------------------------------------------
 
@@ -83,6 +93,21 @@ class MongoDriver(Driver):
                                                                     member=m)) for m in members]
 
     # -- restore -----------------------------------------------------------------------------
+
+    def restore_hosts(self, hostname: str) -> list[RestoreHost]:
+        """A sharded cluster's snapshots go back member by member, each into its replica set's primary (as
+        Stash restores them: not through the mongos); anything else is one host."""
+        t = self.topology
+        if t.kind != "sharded":
+            return super().restore_hosts(hostname)
+        assert t.config_server is not None
+        sets = {"confighost": t.config_server, **t.shards}
+        return [RestoreHost(name, lambda chunks, rs=rs: self._restore_into(rs, chunks)) for name, rs in sets.items()]
+
+    def _restore_into(self, rs: ReplicaSet, chunks: Iterator[bytes]) -> None:
+        assert self.restore_args is not None, "made for a backup"
+        with contextlib.closing(client(self.creds, list(rs.seeds), replica_set=rs.name)) as c:
+            restore.restore_archive(c, self.restore_args, chunks, f"{self.target}, replica set {rs.name}")
 
     def restore(self, chunks: Iterator[bytes]) -> None:
         assert self.restore_args is not None, "made for a backup"

@@ -25,7 +25,7 @@ from bson.codec_options import CodecOptions
 from bson.raw_bson import RawBSONDocument
 from bson.timestamp import Timestamp
 from pymongo import MongoClient
-from pymongo.errors import PyMongoError
+from pymongo.errors import OperationFailure, PyMongoError
 
 from stash_runner import __version__
 from stash_runner.errors import BadInput, DatabaseUnreachable, RunnerError, ToolFailed
@@ -45,6 +45,7 @@ RAW = CodecOptions(document_class=RawBSONDocument)
 BLOCK_BYTES = 1 << 20  # documents are written in blocks of about this size
 _PIPE_SIZE = 1 << 20
 OPLOG_NS = ("", "oplog")
+COMMAND_NOT_FOUND = 59
 
 
 @dataclass
@@ -149,13 +150,23 @@ class MongoDump:
 
 def _chosen_member_client(topology: Topology, creds: Credentials) -> MongoClient:
     """A replica set is dumped from one member, so that its data and its oplog agree: a healthy secondary
-    that has caught up, else the primary."""
-    from .sharded import prepared_members
+    that has caught up, else the primary. A server without replSetGetConfig (FerretDB) is asked through the
+    topology pymongo discovers: its first secondary, else its primary."""
+    from .sharded import PreparationFailed, prepared_members
 
-    with prepared_members(topology, creds, log=log.info, lock=False) as members:
-        member = members[0]
-    log.info("dumping replica set %s from %s", member.replica_set, member.address)
-    return member_client(creds, member.address)
+    try:
+        with prepared_members(topology, creds, log=log.info, lock=False) as members:
+            address = members[0].address
+    except PreparationFailed as e:
+        cause = e.__cause__
+        if not (isinstance(cause, OperationFailure) and cause.code == COMMAND_NOT_FOUND):
+            raise
+        with contextlib.closing(deployment_client(topology, creds)) as c:
+            c.admin.command("ping")
+            members_seen = sorted(f"{h}:{p}" for h, p in c.secondaries) or [f"{h}:{p}" for h, p in [c.primary]]
+        address = members_seen[0]
+    log.info("dumping replica set %s from %s", topology.replica_set.name if topology.replica_set else "?", address)
+    return member_client(creds, address)
 
 
 class _Dumper:

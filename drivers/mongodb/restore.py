@@ -213,6 +213,8 @@ class _Restore:
             target.inserted += e.details.get("nInserted", 0)
             if other:
                 raise ToolFailed(f"{target.ns}: {other[0].get('errmsg', 'insert failed')}") from None
+        except PyMongoError as e:
+            raise ToolFailed(f"{target.ns}: {one_line(e)}") from None
 
     # -- after the documents ---------------------------------------------------------------------
 

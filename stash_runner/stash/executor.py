@@ -35,6 +35,7 @@ from .sessions import (
     BackupInvoker,
     BackupTarget,
     ObjectRef,
+    RestoreRule,
     RestoreSession,
     Retention,
     read_backup_session,
@@ -283,13 +284,17 @@ def restore_session(rep: Reporting, namespace: str, name: str, settings: Restore
         reporter.started()
         if not appbinding:
             raise BadInput(f"{session.ref}: spec.target.ref is missing (or give --appbinding)")
-        snapshot, source_host = _restore_pick(session, settings, settings.hostname, single=True)
         with deadline(session.timeout, f"{session.ref}: spec.timeOut"):
             storage = open_storage(session.repository_namespace, session.repository)
             drv = None
             try:
                 drv = driver_for(rep.source, (target.namespace if target else "") or namespace, appbinding,
                                  _driver_options(settings.driver, session.params))
+                # One host: the flags, else this host's rule (no rule for it fails here). Several (a sharded
+                # cluster's members): each member's own rule, through ``choose``; this Job's host name need not be one.
+                single = len(drv.restore_hosts(settings.hostname)) == 1
+                snapshot, source_host = _restore_pick(session, settings, settings.hostname, single=True) \
+                    if single else ("latest", settings.hostname)
                 results = run_restore(RestorePlan(
                     driver=drv, backend=storage.backend, password=storage.password, snapshot=snapshot,
                     source_hostname=source_host, lock_wait=settings.lock_wait,
@@ -330,7 +335,12 @@ def _restore_pick(session: RestoreSession, settings: RestoreSettings, hostname: 
                   single: bool) -> tuple[str, str]:
     """The snapshot and source host for ``hostname``: the flags (for this Job's one host), else the session's
     rule for it (Stash's choice: the rule naming the host, else the one naming none), else its latest."""
-    rule = session.rule_for(hostname)
+    try:
+        rule = session.rule_for(hostname)
+    except BadInput:
+        if single:
+            raise
+        rule = RestoreRule()  # a member no rule names: its own latest snapshot, as Stash's MongoDB addon restores it
     snapshot = (settings.snapshot if single else "") or (rule.snapshots[0] if rule.snapshots else "latest")
     # Stash names snapshots "<repository>-<short id>"; the repository knows them by id
     prefix = session.repository + "-"

@@ -17,6 +17,7 @@ demo: deps
 bench: deps
 	$(PYTHON) bench/bench_backup.py
 	$(PYTHON) bench/bench_maintenance.py
+	$(PYTHON) bench/bench_mongo.py
 
 clean:
 	rm -rf .pytest_cache .ruff_cache build *.egg-info bench/out demo-run .deps-installed

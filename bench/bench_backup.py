@@ -51,7 +51,6 @@ import importlib.metadata
 import json
 import os
 import platform
-import resource
 import shutil
 import statistics
 import subprocess
@@ -69,6 +68,7 @@ sys.path.insert(0, REPO_ROOT)
 import boto3  # noqa: E402
 import botocore.config  # noqa: E402
 
+from bench.cpu import busy_cpu, children_cpu, process_cpu  # noqa: E402
 from tests.helpers import REPO_PASSWORD, objects_yaml  # noqa: E402
 from tests.pgcluster import PgCluster, load_bulk  # noqa: E402
 from tests.servers import Server, start_moto  # noqa: E402
@@ -158,26 +158,8 @@ def _killed_on_error(procs: list[subprocess.Popen]) -> Iterator[None]:
         raise
 
 
-def _children_cpu() -> float:
-    r = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return r.ru_utime + r.ru_stime
 
 
-_TICK = os.sysconf("SC_CLK_TCK")
-
-
-def _busy_cpu() -> float:
-    """CPU seconds the whole machine spent busy since boot (all of /proc/stat's cpu line but idle, iowait)."""
-    with open("/proc/stat") as f:
-        fields = [int(x) for x in f.readline().split()[1:]]
-    return (sum(fields[:8]) - fields[3] - fields[4]) / _TICK
-
-
-def _server_cpu(pid: int) -> float:
-    """The process's CPU (all threads) plus its reaped children's: for the postmaster, every backend that exited."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return sum(int(x) for x in fields[11:15]) / _TICK  # utime, stime, cutime, cstime
 
 
 @dataclass
@@ -197,17 +179,17 @@ class Window:
         if self.s3:
             self.s3.reset_peak()
             self.s3_before_kib = self.s3.memory()["VmRSS"]
-        s3_cpu = _server_cpu(self.s3.pid) if self.s3 else 0.0
-        self._start = (_children_cpu(), _server_cpu(self.postmaster), _busy_cpu(), s3_cpu)
+        s3_cpu = process_cpu(self.s3.pid) if self.s3 else 0.0
+        self._start = (children_cpu(), process_cpu(self.postmaster), busy_cpu(), s3_cpu)
         return self
 
     def __exit__(self, *exc: object) -> None:
         time.sleep(0.2)  # let the postmaster reap the dump's backend before reading its cutime
-        ours, server, busy = _children_cpu(), _server_cpu(self.postmaster), _busy_cpu()
+        ours, server, busy = children_cpu(), process_cpu(self.postmaster), busy_cpu()
         self.ours, self.server = ours - self._start[0], server - self._start[1]
         s3_cpu = 0.0
         if self.s3:
-            s3_cpu = _server_cpu(self.s3.pid) - self._start[3]
+            s3_cpu = process_cpu(self.s3.pid) - self._start[3]
             self.s3_cpu, self.s3_peak_kib = s3_cpu, self.s3.memory()["VmHWM"]
         self.other = max(0.0, (busy - self._start[2]) - self.ours - self.server - s3_cpu)
 

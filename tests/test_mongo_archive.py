@@ -25,6 +25,7 @@ from bson import json_util
 from bson.json_util import CANONICAL_JSON_OPTIONS
 from bson.raw_bson import RawBSONDocument
 
+from drivers.mongodb import archive
 from drivers.mongodb.archive import (
     MAGIC_BYTES,
     MAX_BSON_SIZE,
@@ -100,18 +101,20 @@ def test_crc64_is_go_crc64_ecma():
     assert crc64(b"123456789") == 0x995DC9BBDF1939FA  # CRC-64/XZ's check value: Go's crc64 with crc64.ECMA
 
 
+@pytest.mark.parametrize("crc", [crc64, archive.python_crc64], ids=["liblzma", "python"])
 @pytest.mark.parametrize("length", [1, 7, 8, 1023, 1024, 1025, 4096 + 3, (1 << 17) - 8, 1 << 17, 300_001])
-def test_crc64_fold_agrees_with_the_table_loop(length):
+def test_crc64_agrees_with_the_bitwise_loop(length, crc):
+    """Both paths: liblzma's lzma_crc64 (what runs) and the Python folding path (the fallback)."""
     data = os.urandom(length)
     table = 0xFFFFFFFFFFFFFFFF
     for byte in data:  # the textbook reflected loop, bit by bit
         table ^= byte
         for _ in range(8):
             table = (table >> 1) ^ 0xC96C5795D7870F42 if table & 1 else table >> 1
-    assert crc64(data) == table ^ 0xFFFFFFFFFFFFFFFF
-    assert crc64(memoryview(data)) == crc64(bytearray(data)) == crc64(data)
+    assert crc(data) == table ^ 0xFFFFFFFFFFFFFFFF
+    assert crc(memoryview(data)) == crc(bytearray(data)) == crc(data)
     cut = length // 3
-    assert crc64(data[cut:], crc64(data[:cut])) == crc64(data)  # it continues across blocks
+    assert crc(data[cut:], crc(data[:cut])) == crc(data)  # it continues across blocks
 
 
 # -- the archives mongodump wrote -------------------------------------------------------------------------
@@ -452,3 +455,14 @@ def test_200_mb_stream_through_a_pipe_in_bounded_memory():
     print(f"\n{end.size / 1e6:.0f} MB through a pipe, written and read (CRC both ways) in {seconds:.1f} s "
           f"under tracemalloc: {end.size / 1e6 / seconds:.0f} MB/s; peak {peak / 1e6:.1f} MB")
     assert peak < 20 << 20
+
+
+def test_crc64_through_liblzma_equals_the_python_path():
+    """The C path (liblzma's lzma_crc64, present wherever Python's lzma module is) and the Python fallback give
+    the same CRC for every length and for a CRC continued over pieces."""
+    assert archive._LZMA_CRC64 is not None, "liblzma not found: crc64 would run at Python speed"
+    data = os.urandom(300_000)
+    for n in (0, 1, 7, 8, 1023, 1024, 4097, 131_072, 131_073, 300_000):
+        assert archive.crc64(data[:n]) == archive.python_crc64(data[:n]), n
+    assert archive.crc64(data[5000:], archive.crc64(data[:5000])) == archive.python_crc64(data)
+    assert archive.crc64(memoryview(data)[:999]) == archive.python_crc64(data[:999])

@@ -25,12 +25,14 @@ same bytes. Memory stays bounded: the writer holds one block, the reader about o
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import functools
 import re
 import struct
 import threading
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 from uuid import UUID
@@ -157,8 +159,34 @@ def _fold(block: bytes, state: int) -> int:
     return _apply(_advance(1), from_bytes(planes, "little")) ^ _apply(_advance(total), state)
 
 
+def _liblzma_crc64() -> Callable[[bytes, int, int], int] | None:
+    """liblzma's lzma_crc64: the same CRC-64/XZ, in C and outside the GIL (~6 GB/s against ~0.1 GB/s here).
+    liblzma is the system library Python's own lzma module is built on; without it, the Python path serves."""
+    name = ctypes.util.find_library("lzma")
+    if not name:
+        return None
+    try:
+        fn = ctypes.CDLL(name).lzma_crc64
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = (ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint64)
+    fn.restype = ctypes.c_uint64
+    return fn
+
+
+_LZMA_CRC64 = _liblzma_crc64()
+
+
 def crc64(data: bytes | bytearray | memoryview, crc: int = 0) -> int:
     """The CRC-64 mongo-tools puts in an EOF block; ``crc`` continues an earlier one (crc64(b, crc64(a)))."""
+    if _LZMA_CRC64 is not None:
+        raw = data if isinstance(data, bytes) else bytes(data)
+        return _LZMA_CRC64(raw, len(raw), crc)
+    return python_crc64(data, crc)
+
+
+def python_crc64(data: bytes | bytearray | memoryview, crc: int = 0) -> int:
+    """crc64 in Python alone (the fallback, and the reference the C path is tested against)."""
     state = crc ^ _MASK
     if len(data) >= _FOLD_MIN:
         if not isinstance(data, bytes):

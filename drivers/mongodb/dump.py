@@ -42,7 +42,10 @@ log = logging.getLogger("stash_runner")
 
 PATH = "/dump"
 RAW = CodecOptions(document_class=RawBSONDocument)
-BLOCK_BYTES = 1 << 20  # documents are written in blocks of about this size
+# Documents are written in blocks of about this size. Parallel collections interleave their blocks in the order
+# they come, which differs from one dump to the next: the chunks that span a block's edges are new every time,
+# so large blocks keep an unchanged database's second backup small (mongodump buffers up to 16 MiB too).
+BLOCK_BYTES = 8 << 20
 _PIPE_SIZE = 1 << 20
 OPLOG_NS = ("", "oplog")
 COMMAND_NOT_FOUND = 59

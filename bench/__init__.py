@@ -1,0 +1,1 @@
+"""Benchmarks (make bench); shared pieces live in modules here."""

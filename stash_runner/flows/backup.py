@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from backends.base import Backend
 from drivers import Driver, Dump, HostDump
 from stash_runner import __version__
-from stash_runner.errors import HostsFailed, RepositoryNotFound
+from stash_runner.errors import RepositoryNotFound
 from stash_runner.maintenance.post_backup import PostBackup, post_backup
 from stash_runner.maintenance.retention import Policy
 from stash_runner.restic import compression
@@ -21,6 +21,7 @@ from stash_runner.restic.lock import RepositoryLock
 from stash_runner.restic.repository import Repository, current_username
 from stash_runner.units import rate, stash_bytes
 
+from .hosts import gather
 from .progress import Progress
 
 log = logging.getLogger("stash_runner")
@@ -144,19 +145,7 @@ def _parallel_snapshots(repo: Repository, plan: BackupPlan, hosts: list[HostDump
             future.add_done_callback(lambda _: slots.release())
             futures.append(future)
         wait(futures)
-    failures: dict[str, Exception] = {}
-    results = []
-    for host, future in zip(hosts, futures, strict=True):
-        error = future.exception()
-        if error is None:
-            results.append(future.result())
-        elif isinstance(error, Exception):
-            failures[host.hostname] = error
-        else:
-            raise error  # an interruption is not one host's failure
-    if failures:
-        raise HostsFailed(failures, results)
-    return results
+    return gather([h.hostname for h in hosts], futures)
 
 
 def _host_snapshot(repo: Repository, plan: BackupPlan, hostname: str, dump: Dump) -> BackupResult:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from backends.base import Backend
 from drivers import Driver, RestoreHost
-from stash_runner.errors import HostsFailed, Interrupted, SnapshotNotFound
+from stash_runner.errors import Interrupted, SnapshotNotFound
 from stash_runner.restic import tree
 from stash_runner.restic.lock import RepositoryLock
 from stash_runner.restic.reader import find_file, iter_content
@@ -20,6 +20,7 @@ from stash_runner.restic.repository import Repository
 from stash_runner.restic.snapshot import Snapshot
 from stash_runner.units import rate, stash_bytes
 
+from .hosts import gather
 from .progress import Progress
 
 log = logging.getLogger("stash_runner")
@@ -130,16 +131,4 @@ def _parallel(repo: Repository, plan: RestorePlan, picks: list[_Pick], started: 
         except BaseException:
             stop.set()
             raise
-    failures: dict[str, Exception] = {}
-    results = []
-    for p, future in zip(picks, futures, strict=True):
-        error = future.exception()
-        if error is None:
-            results.append(future.result())
-        elif isinstance(error, Exception):
-            failures[p.host.hostname] = error
-        else:
-            raise error
-    if failures:
-        raise HostsFailed(failures, results)
-    return results
+    return gather([p.host.hostname for p in picks], futures)

@@ -18,7 +18,7 @@ from typing import Any
 import pymongo
 from pymongo.errors import ConfigurationError, OperationFailure, PyMongoError
 
-from stash_runner.errors import BadInput, DatabaseUnreachable
+from stash_runner.errors import BadInput, DatabaseUnreachable, describe
 
 from ..base import Endpoint
 
@@ -251,22 +251,21 @@ def wait_until(what: str, check: Callable[[], None], timeout: float, log: Callab
             return
         except OperationFailure as e:
             if e.code in (18, 13):  # AuthenticationFailed, Unauthorized
-                raise DatabaseUnreachable(f"{what}: {one_line(e)}") from None
+                raise DatabaseUnreachable(f"{what}: {describe_error(e)}") from None
             error = e
         except PyMongoError as e:
             error = e
         left = deadline - time.monotonic()
         if left <= 0:
-            raise DatabaseUnreachable(f"{what}: not ready after {timeout:g} s: {one_line(error)}") from None
+            raise DatabaseUnreachable(f"{what}: not ready after {timeout:g} s: {describe_error(error)}") from None
         now = time.monotonic()
         if now - last_said >= 15 or last_said == 0.0:
-            log(f"waiting for {what} ({left:.0f} s left): {one_line(error)}")
+            log(f"waiting for {what} ({left:.0f} s left): {describe_error(error)}")
             last_said = now
         time.sleep(min(interval, max(0.0, left)))
 
 
-def one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split())
-    # pymongo appends the whole topology description to selection timeouts: keep the first sentence
-    head, _, _ = text.partition(", Timeout:")
-    return head[:500] or type(error).__name__
+def describe_error(error: BaseException) -> str:
+    """``errors.describe`` without the topology description pymongo appends to server selection timeouts."""
+    head, _, _ = describe(error).partition(", Timeout:")
+    return head[:500]

@@ -33,7 +33,7 @@ from stash_runner.errors import BadInput, DatabaseUnreachable, RunnerError, Tool
 from ..base import Item
 from . import archive
 from .args import DumpArgs
-from .connection import Credentials, Topology, deployment_client, member_client, one_line
+from .connection import Credentials, Topology, deployment_client, describe_error, member_client
 
 if TYPE_CHECKING:
     from .sharded import Member
@@ -137,7 +137,7 @@ class MongoDump:
         except RunnerError as e:
             self._error = e
         except PyMongoError as e:
-            self._error = ToolFailed(f"dump of {self.where} failed: {one_line(e)}")
+            self._error = ToolFailed(f"dump of {self.where} failed: {describe_error(e)}")
         except BaseException as e:  # noqa: BLE001 - reported by finish() in the main thread
             self._error = e
         finally:

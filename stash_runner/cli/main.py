@@ -26,7 +26,8 @@ def cli(verbose: bool, quiet: bool) -> None:
     # or a signed URL in them is a credential.
     logging.getLogger("stash_runner").setLevel(logging.DEBUG if verbose else logging.NOTSET)
     # The SDKs log every request at INFO, and warn of what we retry or report ourselves in one line.
-    for sdk in ("azure", "google", "botocore", "boto3", "urllib3", "kubernetes"):
+    for sdk in ("azure", "google", "botocore", "boto3", "urllib3", "kubernetes", "opensearch", "elastic_transport",
+                "elasticsearch"):
         logging.getLogger(sdk).setLevel(logging.ERROR)
 
 

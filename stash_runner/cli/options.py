@@ -64,9 +64,11 @@ _OPTIONAL_FLOAT = _OptionalFloat()
 PG_ARGS = (("--pg-args",), "Extra arguments for pg_dumpall/pg_dump or psql.")
 MONGO_ARGS = (("--mongo-args",), "mongodump (backup) or mongorestore (restore) options, as Stash's --mongo-args "
                                  "(see the README for those understood).")
-ANY_ARGS = (("--pg-args", "--mongo-args", "--args"),
+ES_ARGS = (("--es-args",), "multielasticdump options for --mode interim, as Stash's --es-args (shell quoting "
+                          "understood).")
+ANY_ARGS = (("--pg-args", "--mongo-args", "--es-args", "--args"),
             "Extra arguments for the database's tool: pg_dumpall/pg_dump or psql (PostgreSQL); mongodump or "
-            "mongorestore options (MongoDB).")
+            "mongorestore options (MongoDB); multielasticdump options (Elasticsearch, --mode interim).")
 
 
 def tool_options(args: tuple[tuple[str, ...], str] = ANY_ARGS) -> Callable[[Callable], Callable]:
@@ -175,7 +177,35 @@ def mongo_options(f: Callable) -> Callable:
     f = click.option("--authentication-database", default="admin", show_default=True,
                      help="MongoDB: the database the user is defined in (authSource).")(f)
     return click.option("--max-concurrency", default=3, show_default=True, type=click.IntRange(min=1),
-                        help="MongoDB: hosts of a sharded cluster dumped or restored at once.")(f)
+                        help="MongoDB: hosts of a sharded cluster dumped or restored at once; Elasticsearch: "
+                             "slices read or bulk requests sent at once.")(f)
+
+
+def es_options(mode: str = "", restore: bool = False) -> Callable[[Callable], Callable]:
+    """Elasticsearch's flags: the mode (``mode`` is its default: Stash's addon spelling is interim), the
+    indices, the interim directory, and for a restore --overwrite."""
+
+    def decorate(f: Callable) -> Callable:
+        if restore:
+            f = click.option("--overwrite", is_flag=True,
+                             help="Elasticsearch: replace indices that already exist (default: fail before "
+                                  "writing anything).")(f)
+        f = click.option("--interim-data-dir", default="",
+                         help="Elasticsearch, --mode interim: the directory dumped into (Stash's INTERIM_DATA_DIR; "
+                              "default: <scratch-dir or /stash-tmp>/stash-interim-volume/data).")(f)
+        f = click.option("--include-hidden", is_flag=True,
+                         help="Elasticsearch: also system and hidden indices.")(f)
+        f = click.option("--indices", default="",
+                         help="Elasticsearch: comma-separated index patterns (*, ?; -pattern excludes) "
+                              "[default: every open index but system and hidden ones].")(f)
+        return click.option("--mode", type=click.Choice(["stream", "interim"]), default=mode or None,
+                            show_default=bool(mode),
+                            help="Elasticsearch: stream (no interim volume) or interim (multielasticdump into "
+                                 "--interim-data-dir, as Stash)  [default: stream]" if not mode else
+                                 "Elasticsearch: interim (multielasticdump into --interim-data-dir, as Stash) or "
+                                 "stream (no interim volume).")(f)
+
+    return decorate
 
 
 def driver_options(kw: dict, backup_cmd: str = "", driver: str | None = None,
@@ -185,4 +215,6 @@ def driver_options(kw: dict, backup_cmd: str = "", driver: str | None = None,
     return DriverOptions(backup_cmd=backup_cmd, args=kw["tool_args"], user=kw["user"],
                          scratch_dir=kw["scratch_dir"], driver=kw["driver"] if driver is None else driver,
                          purpose=purpose, auth_database=kw.get("authentication_database") or "",
-                         max_concurrency=kw.get("max_concurrency") or 0)
+                         max_concurrency=kw.get("max_concurrency") or 0, mode=kw.get("mode") or "",
+                         indices=kw.get("indices") or "", include_hidden=bool(kw.get("include_hidden")),
+                         overwrite=bool(kw.get("overwrite")), interim_dir=kw.get("interim_data_dir") or "")

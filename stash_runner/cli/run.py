@@ -10,6 +10,7 @@ from stash_runner.stash.output import SnapshotStats
 
 from .options import (
     driver_options,
+    es_options,
     lock_options,
     mongo_options,
     objects_options,
@@ -38,6 +39,7 @@ from .wiring import backup_host, backup_session, named_storage_and_driver, requi
 @click.option("--workers", default=None, type=int, help="Threads for hashing/compressing/encrypting.")
 @tool_options()
 @mongo_options
+@es_options()
 @retention_options
 @lock_options
 @storage_options
@@ -75,6 +77,7 @@ def backup(**kw) -> None:
 @click.option("--driver", default="", help="Database driver (default: from the AppBinding's spec.type).")
 @tool_options()
 @mongo_options
+@es_options(restore=True)
 @lock_options
 @storage_options
 @report_options

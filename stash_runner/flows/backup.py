@@ -87,7 +87,7 @@ def run_backup(plan: BackupPlan) -> BackupOutcome:
             plan.on_hosts([h.hostname for h in hosts])
         if len(hosts) == 1:
             with _archiver(repo, plan) as arch, hosts[0].open() as dump:
-                results = [_snapshot(arch, dump, hosts[0].hostname, plan, "backup")]
+                results = [_snapshot(arch, dump, hosts[0], plan, "backup")]
         else:
             results = _parallel_snapshots(repo, plan, hosts, plan.driver.max_parallel_hosts or len(hosts))
     for result in results:
@@ -112,7 +112,7 @@ def _archiver(repo: Repository, plan: BackupPlan) -> Archiver:
     return Archiver(repo, workers=plan.workers, level=plan.compression_level)
 
 
-def _snapshot(arch: Archiver, dump: Dump, hostname: str, plan: BackupPlan, label: str) -> BackupResult:
+def _snapshot(arch: Archiver, dump: Dump, host: HostDump, plan: BackupPlan, label: str) -> BackupResult:
     """Store a dump's items, then its snapshot; a failed dump raises before the snapshot is written."""
     progress = Progress(label, lambda: arch.stats.bytes_read,
                         extra=lambda: f"{stash_bytes(arch.stats.bytes_stored)} stored", interval=plan.progress_interval)
@@ -125,7 +125,7 @@ def _snapshot(arch: Archiver, dump: Dump, hostname: str, plan: BackupPlan, label
                 arch.add_stream(item.path, item.stream)
             paths.append(item.path)
         dump.finish()  # a failed or truncated dump raises here, before anything refers to its data
-    return arch.commit(hostname=hostname, paths=paths, tags=plan.tags, username=current_username(),
+    return arch.commit(hostname=host.hostname, paths=host.paths or paths, tags=plan.tags, username=current_username(),
                        program_version=f"stash-runner {__version__}")
 
 
@@ -141,13 +141,13 @@ def _parallel_snapshots(repo: Repository, plan: BackupPlan, hosts: list[HostDump
             while not slots.acquire(timeout=0.5):  # in short waits: a signal handler runs between them
                 pass
             dump = dumps.enter_context(host.open())
-            future = pool.submit(_host_snapshot, repo, plan, host.hostname, dump)
+            future = pool.submit(_host_snapshot, repo, plan, host, dump)
             future.add_done_callback(lambda _: slots.release())
             futures.append(future)
         wait(futures)
     return gather([h.hostname for h in hosts], futures)
 
 
-def _host_snapshot(repo: Repository, plan: BackupPlan, hostname: str, dump: Dump) -> BackupResult:
+def _host_snapshot(repo: Repository, plan: BackupPlan, host: HostDump, dump: Dump) -> BackupResult:
     with _archiver(repo, plan) as arch:
-        return _snapshot(arch, dump, hostname, plan, f"backup {hostname}")
+        return _snapshot(arch, dump, host, plan, f"backup {host.hostname}")

@@ -11,11 +11,11 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 from backends.base import Backend
-from drivers import Driver, RestoreHost
+from drivers import Driver, RestoreHost, SnapshotFiles
 from stash_runner.errors import Interrupted, SnapshotNotFound
 from stash_runner.restic import tree
 from stash_runner.restic.lock import RepositoryLock
-from stash_runner.restic.reader import find_file, iter_content
+from stash_runner.restic.reader import extract, find_file, iter_content, walk_files
 from stash_runner.restic.repository import Repository
 from stash_runner.restic.snapshot import Snapshot
 from stash_runner.units import rate, stash_bytes
@@ -55,7 +55,38 @@ class RestoreResult:
 class _Pick:
     host: RestoreHost
     snapshot: Snapshot
-    node: tree.Node
+    node: tree.Node | None  # the one file a stream restore reads; None for a restore of the snapshot's files
+
+
+class _Files(SnapshotFiles):
+    """A snapshot's files for a driver's ``restore_files``; every byte read is counted (and stops on SIGTERM)."""
+
+    def __init__(self, repo: Repository, snap: Snapshot, count: list[int], stop: threading.Event | None = None):
+        self.repo, self.snap, self.count, self.stop = repo, snap, count, stop
+        self.paths = list(snap.paths)
+
+    def files(self, under: str = "/") -> list[str]:
+        return [path for path, _ in walk_files(self.repo, self.snap, under)]
+
+    def read(self, path: str) -> Iterator[bytes]:
+        _, node = find_file(self.repo, self.snap, path)
+        return _counted(iter_content(self.repo, node), self.count, self.stop)
+
+    def extract(self, path: str, target: str) -> None:
+        def counted(n: int) -> None:
+            if self.stop is not None and self.stop.is_set():
+                raise Interrupted("restore stopped")
+            self.count[0] += n
+
+        extract(self.repo, self.snap, path, target, counted)
+
+
+def _restore_one(repo: Repository, p: _Pick, count: list[int], stop: threading.Event | None = None) -> None:
+    if p.host.restore_files is not None:
+        p.host.restore_files(_Files(repo, p.snapshot, count, stop))
+    else:
+        assert p.host.restore is not None and p.node is not None
+        p.host.restore(_counted(iter_content(repo, p.node), count, stop))
 
 
 def run_restore(plan: RestorePlan) -> list[RestoreResult]:
@@ -77,7 +108,7 @@ def run_restore(plan: RestorePlan) -> list[RestoreResult]:
             count = [0]
             progress = Progress("restore", lambda: count[0], interval=plan.progress_interval)
             with progress:
-                picks[0].host.restore(_counted(iter_content(repo, picks[0].node), count))
+                _restore_one(repo, picks[0], count)
             results = [RestoreResult(picks[0].snapshot, count[0], time.monotonic() - started, picks[0].host.hostname)]
         else:
             results = _parallel(repo, plan, picks, started)
@@ -94,9 +125,11 @@ def _pick(repo: Repository, plan: RestorePlan, host: RestoreHost, single: bool) 
         snapshot, source = plan.choose(host.hostname)
     else:
         snapshot, source = "latest", host.hostname
-    path = "/" + plan.driver.filename
+    path = plan.driver.snapshot_path
     latest = snapshot in ("", "latest")
     snap = repo.find_snapshot(snapshot, hostname=source if latest else None, path=path if latest else None)
+    if host.restore_files is not None:
+        return _Pick(host, snap, None)
     try:
         _, node = find_file(repo, snap, path)
     except SnapshotNotFound:
@@ -120,7 +153,7 @@ def _parallel(repo: Repository, plan: RestorePlan, picks: list[_Pick], started: 
     limit = plan.driver.max_parallel_hosts or len(picks)
 
     def one(p: _Pick) -> RestoreResult:
-        p.host.restore(_counted(iter_content(repo, p.node), counts[p.host.hostname], stop))
+        _restore_one(repo, p, counts[p.host.hostname], stop)
         return RestoreResult(p.snapshot, counts[p.host.hostname][0], time.monotonic() - started, p.host.hostname)
 
     with ThreadPoolExecutor(limit, thread_name_prefix="restore") as pool:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import collections
-from collections.abc import Iterator
+import os
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from stash_runner.errors import SnapshotNotFound
@@ -19,8 +20,9 @@ def load_tree(repo: Repository, tree_id: str) -> list[tree.Node]:
     return tree.decode_tree(repo.load_blob(bytes.fromhex(tree_id)))
 
 
-def walk_files(repo: Repository, snap: Snapshot) -> Iterator[tuple[str, tree.Node]]:
-    """Every file of a snapshot as (path inside the snapshot, node), depth first, sorted."""
+def walk_files(repo: Repository, snap: Snapshot, under: str = "/") -> Iterator[tuple[str, tree.Node]]:
+    """Every file of a snapshot (or of its directory ``under``) as (path inside the snapshot, node), depth
+    first, sorted."""
 
     def walk(tree_id: str, prefix: str) -> Iterator[tuple[str, tree.Node]]:
         for node in load_tree(repo, tree_id):
@@ -30,7 +32,66 @@ def walk_files(repo: Repository, snap: Snapshot) -> Iterator[tuple[str, tree.Nod
             elif node.type == "file":
                 yield path, node
 
-    yield from walk(snap.tree, "")
+    start = _normal(under)
+    if start == "/":
+        yield from walk(snap.tree, "")
+        return
+    node = find_node(repo, snap, start)
+    if node is not None and node.type == "dir" and node.subtree:
+        yield from walk(node.subtree, start)
+    elif node is not None and node.type == "file":
+        yield start, node
+
+
+def find_node(repo: Repository, snap: Snapshot, path: str) -> tree.Node | None:
+    """The node (file or directory) at ``path`` in a snapshot; None when there is none."""
+    parts = [p for p in path.split("/") if p]
+    tree_id: str | None = snap.tree
+    node = None
+    for part in parts:
+        if tree_id is None:
+            return None
+        node = next((n for n in load_tree(repo, tree_id) if n.name == part), None)
+        if node is None:
+            return None
+        tree_id = node.subtree if node.type == "dir" else None
+    return node
+
+
+def extract(repo: Repository, snap: Snapshot, path: str, target: str,
+            on_bytes: Callable[[int], None] = lambda n: None) -> None:
+    """Write the directory at ``path`` of a snapshot into ``target`` (which exists): its regular files and
+    subdirectories, with their permission bits. Other kinds of entries (symlinks, devices) are not written."""
+    node = find_node(repo, snap, path) if _normal(path) != "/" else None
+    if _normal(path) == "/":
+        tree_id = snap.tree
+    elif node is None or node.type != "dir" or not node.subtree:
+        raise SnapshotNotFound(f"snapshot {snap.short_id} has no directory {path!r}")
+    else:
+        tree_id = node.subtree
+
+    def write(tree_id: str, into: str) -> None:
+        for child in load_tree(repo, tree_id):
+            if child.name in ("", ".", "..") or "/" in child.name:
+                raise SnapshotNotFound(f"snapshot {snap.short_id} holds an unsafe name {child.name!r}")
+            dest = os.path.join(into, child.name)
+            if child.type == "dir":
+                os.makedirs(dest, exist_ok=True)
+                if child.subtree:
+                    write(child.subtree, dest)
+                os.chmod(dest, (child.mode & 0o777) or 0o755)
+            elif child.type == "file":
+                with open(dest, "wb") as f:
+                    for data in iter_content(repo, child):
+                        f.write(data)
+                        on_bytes(len(data))
+                os.chmod(dest, (child.mode & 0o777) or 0o644)
+
+    write(tree_id, target)
+
+
+def _normal(path: str) -> str:
+    return "/" + "/".join(p for p in path.split("/") if p)
 
 
 def find_file(repo: Repository, snap: Snapshot, path: str | None) -> tuple[str, tree.Node]:

@@ -97,7 +97,7 @@ class BackupSettings:
     output_dir: str = ""
 
 
-def _driver_options(opts: DriverOptions, params: Mapping[str, str]) -> DriverOptions:
+def _driver_options(opts: DriverOptions, params: Mapping[str, str], interim_meta: str = "") -> DriverOptions:
     """The Task's params (as the operator would put them into the Function's args) where no flag says."""
     backup_cmd = opts.backup_cmd
     if opts.backup_cmd in ("", "pg_dumpall"):  # a flag left at its default gives way to the Task's param
@@ -111,6 +111,7 @@ def _driver_options(opts: DriverOptions, params: Mapping[str, str]) -> DriverOpt
         args=opts.args or params.get("args", ""),
         user=opts.user or params.get("user", ""),
         auth_database=auth_database,
+        interim_meta=opts.interim_meta or interim_meta,
     )
 
 
@@ -211,7 +212,7 @@ def _backup_target(source: ObjectSource, invoker: BackupInvoker, target: BackupT
     drv: Driver | None = None
     storage = open_storage(invoker.repository_namespace, invoker.repository)
     try:
-        opts = _driver_options(settings.driver, target.params)
+        opts = _driver_options(settings.driver, target.params, target.interim_volume_size)
         drv = driver_for(source, target.ref.namespace or invoker.namespace, target.ref.name, opts)
         plan = BackupPlan(driver=drv, backend=storage.backend, password=storage.password,
                           hostname=settings.hostname, tags=settings.tags,

@@ -162,6 +162,7 @@ class AppBinding:
     tls_secret_name: str | None
     ca_bundle: bytes | None = field(repr=False, default=None)
     parameters: dict = field(default_factory=dict)
+    insecure_tls: bool = False  # spec.clientConfig.insecureSkipTLSVerify
 
     @property
     def ref(self) -> str:
@@ -215,6 +216,7 @@ class AppBinding:
             tls_secret_name=(spec.get("tlsSecret") or {}).get("name"),
             ca_bundle=ca_bytes,
             parameters=spec.get("parameters") or {},
+            insecure_tls=cc.get("insecureSkipTLSVerify") is True,
         )
 
 

@@ -114,7 +114,8 @@ def endpoint_for(source: ObjectSource, ab: AppBinding) -> Endpoint:
     auth = _secret(source, ab.namespace, ab.secret_name)
     tls = _secret(source, ab.namespace, ab.tls_secret_name)
     return Endpoint(ref=ab.ref, host=ab.host, port=ab.port, scheme=ab.scheme, path=ab.path, query=ab.query,
-                    parameters=ab.parameters, auth=auth, tls=tls, ca_bundle=ab.ca_bundle)
+                    parameters=ab.parameters, auth=auth, tls=tls, ca_bundle=ab.ca_bundle,
+                    insecure_tls=ab.insecure_tls)
 
 
 def driver_for(source: ObjectSource, namespace: str, appbinding: str, opts: DriverOptions) -> Driver:

@@ -70,6 +70,8 @@ class BackupTarget:
     alias: str = ""
     #: the member's Task params (args, backupCMD, waitTimeout, ...)
     params: Mapping[str, str] = field(default_factory=dict)
+    #: the size its interimVolumeTemplate requests ("1Gi"), which Stash's Elasticsearch addon writes to meta.txt
+    interim_volume_size: str = ""
 
 
 def _member(member: object, ref: str, path: str) -> BackupTarget:
@@ -77,7 +79,19 @@ def _member(member: object, ref: str, path: str) -> BackupTarget:
         raise BadInput(f"{ref}: {path}.target is missing")
     target = member["target"]
     return BackupTarget(ObjectRef.from_json(target.get("ref"), ref, f"{path}.target.ref"),
-                        str(target.get("alias") or ""), _params(member.get("task")))
+                        str(target.get("alias") or ""), _params(member.get("task")),
+                        _interim_volume_size(member.get("interimVolumeTemplate"), ref, path))
+
+
+def _interim_volume_size(template: object, ref: str, path: str) -> str:
+    """The template's spec.resources.requests.storage: the PVC the operator makes from it requests the same, so
+    it is read here rather than from the PVC (which the backup Job's ClusterRole may not allow reading)."""
+    if not template:
+        return ""
+    if not isinstance(template, dict):
+        raise BadInput(f"{ref}: {path}.interimVolumeTemplate must be a mapping")
+    size = (((template.get("spec") or {}).get("resources") or {}).get("requests") or {}).get("storage")
+    return str(size or "")
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ bench: deps
 	$(PYTHON) bench/bench_backup.py
 	$(PYTHON) bench/bench_maintenance.py
 	$(PYTHON) bench/bench_mongo.py
+	$(PYTHON) bench/bench_es.py
 
 clean:
 	rm -rf .pytest_cache .ruff_cache build *.egg-info bench/out demo-run .deps-installed

@@ -16,11 +16,11 @@ MB (decimal, default 1000) of generated documents, measured as the sum of the co
 ``_source``, about 1 KB each on average: log lines, products, orders and device metrics with keyword, text
 (with a keyword multi-field), long, double, date, boolean, object and nested fields, in four indices of
 different sizes: ``logs-2026.05`` (half of the data, 2 shards), ``products`` (a quarter), ``orders`` (15%, a
-nested field) and ``metrics`` (10%), one shard each but the first, no replicas, explicit ``_id``\\ s. The load
-runs with ``refresh_interval: -1`` (reset to the default afterwards), then a refresh and a flush. Before the
-full load a part (``PROBE_MB``) is loaded, read back and dumped by multielasticdump to measure the rates; when
-the whole benchmark would not fit ``--budget-s`` (default 1500 s) the largest size that fits is used instead,
-and the output says so.
+nested field) and ``metrics`` (10%), one shard each but the first, no replicas, explicit document ids. The
+load runs with ``refresh_interval: -1`` (reset to the default afterwards), then a refresh and a flush. Before
+the full load a part (``PROBE_MB``) is loaded and read back to measure the server's rates; when the whole
+benchmark would not fit ``--budget-s`` (default 1500 s) the largest size that fits is used instead, and the
+output says so.
 
 Rows (each its own process, repositories local on disk under the temporary directory):
 
@@ -56,16 +56,20 @@ at page 5000, and at 4 slices; and ``stash-runner restore --mode stream`` with `
 default is 3 bulk requests at a time, of about 8 MiB each). They show what the read costs alone and what page
 size, slices and bulk concurrency buy (their MB/s: that index's source bytes over the wall time). Also measured
 (always: they take seconds): the single-core cost per GB of each stage of a stream backup on generated pages
-of hits, with orjson beside the standard json module for comparison.
+of 1000 hits: parsing and _bulk encoding by the driver as it is in the checkout, and by two fixed references
+(the json module, orjson), then chunking, SHA-256, zstd and encryption.
 
 Measuring: every row's process is a child of this script, reaped with ``os.wait4``. stash-runner and the Python
-rows run under a tiny runpy wrapper that writes, at exit, the process's own RUSAGE_SELF (CPU, ru_maxrss) and the
-CPU of each of its threads by name; wait4's rusage (the process plus every descendant it reaped: the
-multielasticdump tree of the interim rows) minus that is its tools' CPU. A sampler thread here looks every 0.2 s
-at the size of the step's interim/scratch directories (the sum of the files' sizes) and the summed RSS of the
-measured process tree (all processes descending from the one started; multielasticdump forks one node process
-per index and type): the tree's peak is the peak RSS of a node row, and of an interim row's tools. restic's peak
-RSS is its ru_maxrss. The server's CPU is the sum of utime + stime over every process of its process group
+rows run under a tiny runpy wrapper that writes, at exit, the process's own RUSAGE_SELF CPU, its VmHWM
+(/proc/self/status) and the CPU of each of its threads by name; wait4's rusage (the process plus every descendant
+it reaped: the multielasticdump tree of the interim rows) minus that is its tools' CPU (for a process without
+descendants it is the interpreter's teardown after the report, counted as its own, thread "(exit)"). Peak RSS is
+VmHWM, not ru_maxrss: Linux carries the RSS a child had between fork and exec (this script's own) into its
+ru_maxrss, so that every child would show at least this script's size. A sampler thread here looks every 0.2 s at
+the size of the step's interim/scratch directories (the sum of the files' sizes), the summed RSS of the measured
+process tree (all processes descending from the one started; multielasticdump forks one node process per index and
+type) and the VmHWM of the process started: the tree's peak is the peak RSS of a node row and of an interim row's
+tools, restic's is its VmHWM. The server's CPU is the sum of utime + stime over every process of its process group
 (/proc/PID/stat: the launcher, the CLI JVM and the server JVM); the rest of the machine's (other sessions) is
 counted apart. MB/s is always the loaded source bytes over the wall time, so rows compare. Disk used is the
 interim disk peak (the step's directories outside the repository) plus the repository's growth. For stream rows
@@ -130,7 +134,7 @@ FLOOR_PAGE = 1000
 STASH_LIMIT = 100  # elasticdump's default --limit: what Stash's flow runs with
 OUR_LIMIT = 5000  # what our interim mode passes (drivers/elasticsearch/interim.py DEFAULT_LIMIT)
 CLI_SLICES = 3  # the CLI's --max-concurrency default: the stream dump's slices and the restore's bulk workers
-PROBE_MB = 40  # loaded, read back and dumped by multielasticdump first, to measure the rates
+PROBE_MB = 40  # loaded and read back first, to measure the rates
 PROBE_WARM_MB = 10  # of which the first part warms the server up: the load rate is the rest's
 SAMPLE_DOCS = 20  # documents per index compared after every restore
 SAMPLE_SECONDS = 0.2  # the sampler's period
@@ -204,8 +208,14 @@ def _write():
             threads.append((t.name, (int(fields[11]) + int(fields[12])) / tick))
         except OSError:
             pass
+    hwm = 0
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                hwm = int(line.split()[1])
     with open(_report, "w") as f:
-        json.dump({"maxrss_kib": r.ru_maxrss, "utime": r.ru_utime, "stime": r.ru_stime, "threads": threads}, f)
+        json.dump({"maxrss_kib": r.ru_maxrss, "vmhwm_kib": hwm, "utime": r.ru_utime, "stime": r.ru_stime,
+                   "threads": threads}, f)
 atexit.register(_write)
 if _mode == "runner":
     sys.argv = ["stash_runner", *sys.argv[3:]]
@@ -696,7 +706,7 @@ class Sampler(threading.Thread):
         super().__init__(name="sampler", daemon=True)
         self.root, self.dirs = root, dirs
         self.stop = threading.Event()
-        self.disk_peak = self.tree_peak = self.sub_peak = 0
+        self.disk_peak = self.tree_peak = self.sub_peak = self.root_hwm = 0
         self.samples = 0
 
     def sample(self) -> None:
@@ -706,6 +716,10 @@ class Sampler(threading.Thread):
         rss = {p: procs[p][2] for p in pids}
         self.tree_peak = max(self.tree_peak, sum(rss.values()))
         self.sub_peak = max(self.sub_peak, sum(v for p, v in rss.items() if p != self.root))
+        with contextlib.suppress(OSError, ValueError), open(f"/proc/{self.root}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    self.root_hwm = max(self.root_hwm, int(line.split()[1]) * 1024)
         self.samples += 1
 
     def run(self) -> None:
@@ -720,9 +734,9 @@ class Sample:
     wall: float = 0.0
     cpu: float = 0.0  # the measured process's own CPU (a Python row: RUSAGE_SELF at exit; else wait4's)
     tools_cpu: float = 0.0  # its reaped descendants' (multielasticdump under an interim row)
-    peak_rss_kib: int = 0  # a Python row: its own ru_maxrss; node: the tree's sampled peak; restic: ru_maxrss
+    peak_rss_kib: int = 0  # a Python row: its VmHWM at exit; node: the tree's sampled peak; restic: its VmHWM
     tools_rss_kib: int = 0  # the sampled peak of the tree below a Python row (multielasticdump and its forks)
-    wait4_maxrss_kib: int = 0  # the largest single process of the tree
+    wait4_maxrss_kib: int = 0  # wait4's: the largest process of the tree, or this script's RSS at the fork
     server_cpu: float = 0.0  # Elasticsearch's process group in the same window
     other_cpu: float = 0.0  # the rest of the machine in that window (other sessions)
     interim_peak: int = 0  # bytes in the step's directories outside the repository, at the peak
@@ -805,11 +819,13 @@ class Bench:
             else:  # no descendants: the difference is the interpreter's teardown after the atexit report
                 s.threads["(exit)"] = max(0.0, total_cpu - s.cpu)
                 s.cpu = total_cpu
-            s.peak_rss_kib = own["maxrss_kib"]
+            # VmHWM: ru_maxrss would count this script's own RSS, which the child had between fork and exec
+            s.peak_rss_kib = own.get("vmhwm_kib") or own["maxrss_kib"]
+            s.info["ru_maxrss_kib"] = own["maxrss_kib"]
             s.tools_rss_kib = sampler.sub_peak // 1024
         else:
             s.cpu = total_cpu
-            s.peak_rss_kib = max(ru.ru_maxrss, sampler.tree_peak // 1024)
+            s.peak_rss_kib = max(sampler.root_hwm, sampler.tree_peak) // 1024
         s.other_cpu = max(0.0, (b1 - b0) - total_cpu - s.server_cpu)
         s.info["rss_samples"] = sampler.samples
         if wrapper == "runner":
@@ -888,26 +904,28 @@ def read_rate(url: str, loaded: int) -> float:
     return loaded / (time.perf_counter() - t0)
 
 
-# Seconds of each part in units of the probe's rates at the data size: R = one-stream read (read_rate), L = our
-# load after the warm-up (generation + bulk), E = multielasticdump --limit 100 dump. Calibrated on this project's
-# 2-core machine (shared with other sessions) at 100 MB, a little generous: the server slows down as its indices
-# grow (merges), and starting each process costs about a second whatever the size.
-_ESTIMATE = {
-    STEP_FLOOR: ("R", 0.65), STEP_STREAM: ("R", 1.3), STEP_STREAM2: ("R", 1.2), STEP_INTERIM: ("E", 0.8),
-    STEP_STASH: ("E", 0.65), STEP_STASH5K: ("E", 0.55), STEP_RESTORE: ("L", 0.7), STEP_RESTORE_INTERIM: ("L", 1.4),
-    STEP_STASH_RESTORE: ("L", 3.0),
+# Each row's seconds: a fixed part (starting processes: multielasticdump forks a node process per index and type)
+# plus a factor times the data size over one of the probe's rates: R = a one-stream read (read_rate), L = our
+# load after the warm-up (generation + bulk). Fitted to runs at 100 and 1000 MB on this project's 2-core machine;
+# ESTIMATE_MARGIN on top.
+_ESTIMATE: dict[str, tuple[str, float, float]] = {
+    STEP_FLOOR: ("R", 0.5, 0.5), STEP_STREAM: ("R", 0.9, 1.5), STEP_STREAM2: ("R", 0.9, 1.0),
+    STEP_INTERIM: ("R", 0.6, 7.0), STEP_STASH: ("R", 1.2, 6.0), STEP_STASH5K: ("R", 0.65, 5.0),
+    STEP_RESTORE: ("L", 0.3, 3.0), STEP_RESTORE_INTERIM: ("L", 0.6, 7.0), STEP_STASH_RESTORE: ("L", 2.1, 7.0),
 }
 # the library dumps read only the largest index (half the data)
-_TUNING = {STEP_LIB: ("R", 0.65), STEP_LIB_PAGE: ("R", 0.65), STEP_LIB_SLICES: ("R", 0.65), STEP_RESTORE_W2: ("L", 0.6)}
-_OVERHEAD = ("L", 0.15)  # deleting indices, verifying restores, restic checks
+_TUNING = {STEP_LIB: ("R", 0.35, 1.0), STEP_LIB_PAGE: ("R", 0.35, 1.0), STEP_LIB_SLICES: ("R", 0.35, 1.0),
+           STEP_RESTORE_W2: ("L", 0.35, 2.0)}
+_LOAD = 0.5  # the rest of the load, in L: the probe's rate is a small index's, a large load runs faster
+_OVERHEAD = ("L", 0.05, 25.0)  # deleting indices, verifying restores, restic checks, per-byte costs, stopping
+ESTIMATE_MARGIN = 1.3
 
 
 def estimate_seconds(size: int, rates: dict[str, float], loaded: int, tuning: bool) -> float:
-    """The whole benchmark at ``size`` bytes, after the probe: the rest of the load, the rows, the checks."""
-    unit = {k: size / v for k, v in rates.items()}
-    rows = dict(_ESTIMATE) | (_TUNING if tuning else {})
-    load = max(0, size - loaded) / rates["L"] * 1.2
-    return load + sum(f * unit[u] for u, f in rows.values()) + _OVERHEAD[1] * unit[_OVERHEAD[0]] + 30
+    """The rest of the benchmark at ``size`` bytes, after the probe: the rest of the load, the rows, the checks."""
+    rows = list(_ESTIMATE.values()) + (list(_TUNING.values()) if tuning else []) + [_OVERHEAD]
+    work = sum(fixed + factor * size / rates[unit] for unit, factor, fixed in rows)
+    return ESTIMATE_MARGIN * (work + _LOAD * max(0, size - loaded) / rates["L"])
 
 
 def fit_size(requested: int, budget: float, rates: dict[str, float], loaded: int, tuning: bool) -> int:
@@ -963,27 +981,52 @@ def micro_costs(loader: Loader, level: int) -> list[dict]:
                      "mb_per_cpu_s": nbytes / MB / cpu if cpu else None, "cpu_s_per_gb": cpu / (source / 1e9),
                      "what": what})
 
-    def parse(loads: Callable[[bytes], Any]) -> None:
+    from drivers.elasticsearch import connection
+
+    # The driver's own parser and encoder as they are in this checkout, beside two fixed references (the json
+    # module: one compact encoding per _source and one UTF-8 encoding per page; orjson), so that the figures
+    # stay comparable while the driver changes.
+    driver_loads = getattr(connection, "fast_loads", None)
+    loads = (lambda raw: driver_loads(raw, json.loads)) if driver_loads else json.loads
+    loads_name = "connection.fast_loads" if driver_loads else "json.loads (the client's default serializer)"
+
+    def parse(fn: Callable[[bytes], Any]) -> None:
         for p in pages:  # each page dropped once parsed, as the dump drops it once encoded
-            loads(p)
+            fn(p)
 
-    row("json", "parse the search responses (json.loads)", source, lambda: parse(json.loads),
-        "what the elasticsearch client does with every page (elastic_transport JsonSerializer)")
-    row("orjson", "  (the same with orjson.loads, for comparison)", source, lambda: parse(orjson.loads),
-        f"orjson {orjson.__version__} is installed; elasticsearch-py has an OrjsonSerializer")
-    parsed = [json.loads(p) for p in pages]
-    out: list[bytes] = []
-    row("ndjson", "_bulk encoding of the hits (stream._ndjson)", source,
-        lambda: out.extend(stream._ndjson(p["hits"]["hits"], "x") for p in parsed),
-        "one compact json encoding per _source, one UTF-8 encode per page")
+    row("json", "parse the pages: json.loads", source, lambda: parse(json.loads),
+        "reference: the elasticsearch client's default JsonSerializer")
+    row("orjson", "parse the pages: orjson.loads", source, lambda: parse(orjson.loads),
+        f"reference: orjson {orjson.__version__}")
+    row("loads_driver", "parse the pages: the driver's", source, lambda: parse(loads),
+        f"what this checkout's client parses with: {loads_name}")
 
-    def orjson_ndjson() -> None:
+    def encode_json(parsed: list[dict]) -> None:
+        for p in parsed:
+            "".join([f'{{"index":{{"_id":{_compact(h["_id"])}}}}}\n{_compact(h["_source"])}\n'
+                     for h in p["hits"]["hits"]]).encode()
+
+    def encode_orjson(parsed: list[dict]) -> None:
         for p in parsed:
             b"".join([b'{"index":{"_id":' + orjson.dumps(h["_id"]) + b"}}\n" + orjson.dumps(h["_source"]) + b"\n"
                       for h in p["hits"]["hits"]])
 
-    row("ndjson_orjson", "  (the same with orjson.dumps, for comparison)", source, orjson_ndjson,
-        "orjson writes floats and non-ASCII the same way for these documents")
+    out: list[bytes] = []
+
+    def encode_driver(parsed: list[dict]) -> None:
+        out.extend(stream._ndjson(p["hits"]["hits"], "x") for p in parsed)
+
+    def encoding(key: str, stage: str, parse_with: Callable[[bytes], Any], encode: Callable[[list], None],
+                 what: str) -> None:
+        parsed = [parse_with(p) for p in pages]  # untimed; freed before the next
+        row(key, stage, source, lambda: encode(parsed), what)
+
+    encoding("ndjson_json", "_bulk encoding: json module", json.loads, encode_json,
+             "reference: one compact json.JSONEncoder encoding per _source, one UTF-8 encode per page")
+    encoding("ndjson_orjson", "_bulk encoding: orjson.dumps", orjson.loads, encode_orjson,
+             "reference: orjson per _id and _source, bytes joined")
+    encoding("ndjson", "_bulk encoding: the driver's (stream._ndjson)", loads, encode_driver,
+             "what this checkout's dump does with each page it parsed")
     data = b"".join(out)
     chunks: list[bytes] = []
 
@@ -1100,11 +1143,11 @@ def markdown(meta: dict, rows: dict[str, dict], result_checks: list[dict], micro
     failed = [f"`{s}`: {rows[s]['failed']}" for s in ORDER if s in rows and rows[s]["failed"]]
     if failed:
         lines += ["", "**FAILED:** " + "; ".join(failed)]
-    lines += ["", "Peak RSS: a stash-runner or Python row's own (ru_maxrss), with its multielasticdump tree's "
+    lines += ["", "Peak RSS: a stash-runner or Python row's own (VmHWM at exit), with its multielasticdump tree's "
               "sampled peak in brackets; a node row: its process tree's summed RSS, sampled every 0.2 s; restic: "
-              "ru_maxrss. CPU: the measured process (+ its reaped multielasticdump tree). Server CPU: "
-              "Elasticsearch's process group in the step's window. Disk used = interim disk peak + repository "
-              "growth. MB/s = source bytes / wall.", "",
+              "its VmHWM, sampled every 0.2 s. CPU: the measured process (+ its reaped multielasticdump tree). "
+              "Server CPU: Elasticsearch's process group in the step's window. Disk used = interim disk peak + "
+              "repository growth. MB/s = source bytes / wall.", "",
               "CPU in each step's window (s): cores busy near 2 means the machine was CPU-bound; other = the rest of "
               "the machine (other sessions), which should be ~0.", "",
               "| # | step | ours | server | other | cores busy |", "|---|---|---:|---:|---:|---:|"]
@@ -1159,8 +1202,10 @@ def markdown(meta: dict, rows: dict[str, dict], result_checks: list[dict], micro
 
 
 def analyse(rows: dict[str, dict], micro: list[dict], source: int) -> list[str]:
+    """Where the stream backup's time goes, from the rows' figures (nothing here is assumed)."""
     out: list[str] = []
     gb = source / 1e9
+    cores = os.cpu_count() or 1
 
     def ok(step: str) -> bool:
         return step in rows and not rows[step]["failed"]
@@ -1171,11 +1216,13 @@ def analyse(rows: dict[str, dict], micro: list[dict], source: int) -> list[str]:
     t = b["threads_cpu_s"]
     busy = (b["cpu_s"] + b["server_cpu_s"] + b["other_cpu_s"]) / b["wall_s"]
     repo_side = sum(v for g, v in t.items() if g in ("blob", "upload", "MainThread"))
-    out.append(f"Stream backup: {b['wall_s']:.1f} s; stash-runner {b['cpu_s']:.1f} s CPU ({b['cpu_s'] / gb:.1f} s "
-               f"per GB): dump slices (es-dump) {t.get('es-dump', 0):.1f} s, repository side (MainThread chunking + "
-               f"blob + upload) {repo_side:.1f} s; Elasticsearch {b['server_cpu_s']:.1f} s "
-               f"({b['server_cpu_s'] / gb:.1f} s per GB); other sessions {b['other_cpu_s']:.1f} s; {busy:.2f} of "
-               f"{os.cpu_count()} cores busy.")
+    out.append(f"Stream backup: {b['wall_s']:.1f} s. stash-runner used {b['cpu_s']:.1f} s CPU "
+               f"({b['cpu_s'] / b['wall_s']:.2f} of one core; {b['cpu_s'] / gb:.1f} s per GB): the dump's slice "
+               f"threads (es-dump: requests, the client's JSON parsing, _bulk encoding) {t.get('es-dump', 0):.1f} s, "
+               f"the repository side (MainThread chunking + blob + upload) {repo_side:.1f} s. Elasticsearch used "
+               f"{b['server_cpu_s']:.1f} s ({b['server_cpu_s'] / gb:.1f} s per GB), other sessions "
+               f"{b['other_cpu_s']:.1f} s: {busy:.2f} of {cores} cores busy. Python threads share one interpreter "
+               "lock, so one core is the ceiling of the parsing and encoding however many slices run.")
     per = b["info"].get("indices") or {}
     if per:
         out.append("Per index (the driver's log): " + "; ".join(
@@ -1183,24 +1230,46 @@ def analyse(rows: dict[str, dict], micro: list[dict], source: int) -> list[str]:
             f"{v['bytes'] / MB / max(v['seconds'], 1e-3):.1f} MB/s of _bulk file" for n, v in per.items()) + ".")
     if ok(STEP_FLOOR):
         f = rows[STEP_FLOOR]
-        out.append(f"Floor: {f['wall_s']:.1f} s (the stream backup takes {b['wall_s'] / f['wall_s']:.2f}x); "
-                   f"Elasticsearch {f['server_cpu_s']:.1f} s CPU, the reader {f['cpu_s']:.1f} s (its client's JSON "
-                   f"parsing); {(f['cpu_s'] + f['server_cpu_s'] + f['other_cpu_s']) / f['wall_s']:.2f} cores busy.")
+        out.append(f"Floor: {f['wall_s']:.1f} s (the stream backup takes {b['wall_s'] / f['wall_s']:.2f}x): "
+                   f"Elasticsearch {f['server_cpu_s']:.1f} s CPU, the reader {f['cpu_s']:.1f} s "
+                   f"({f['cpu_s'] / f['wall_s']:.2f} of one core: its client's JSON parsing), "
+                   f"{(f['cpu_s'] + f['server_cpu_s'] + f['other_cpu_s']) / f['wall_s']:.2f} cores busy"
+                   + (": the floor is its Python reader's, not the server's." if f["cpu_s"] > f["server_cpu_s"]
+                      else "."))
+    if ok(STEP_STASH):
+        goal = rows[STEP_STASH]["wall_s"] / TARGET_SPEEDUP
+        need = b["cpu_s"] + b["server_cpu_s"]
+        out.append(f"The {TARGET_SPEEDUP:g}x target means a stream backup of {goal:.1f} s here (Stash's flow: "
+                   f"{rows[STEP_STASH]['wall_s']:.1f} s). Its CPU (stash-runner + Elasticsearch) was {need:.1f} s: "
+                   f"{need / cores:.1f} s on {cores} cores even with perfect overlap"
+                   + (f"; the floor alone takes {rows[STEP_FLOOR]['wall_s']:.1f} s" if ok(STEP_FLOOR) else "") + ".")
+    if ok(STEP_INTERIM):
+        i = rows[STEP_INTERIM]
+        out.append(f"Interim mode (backup-es): {i['wall_s']:.1f} s ({i['wall_s'] / b['wall_s']:.2f}x the stream "
+                   f"backup): multielasticdump's node processes (separate processes, two indices at a time, "
+                   f"--limit {OUR_LIMIT}) used {i['tools_cpu_s']:.1f} s CPU beside stash-runner's "
+                   f"{i['cpu_s']:.1f} s, at the price of {i['interim_peak_mib']:.0f} MiB of interim disk.")
+    base = rows.get(STEP_LIB) if ok(STEP_LIB) else None
     for step in (STEP_LIB, STEP_LIB_PAGE, STEP_LIB_SLICES):
         if ok(step):
             r = rows[step]
-            out.append(f"{step.removeprefix('tuning: ')}: {r['mb_per_s']:.1f} MB/s ({r['wall_s']:.1f} s), "
+            vs = f" ({r['mb_per_s'] / base['mb_per_s'] - 1:+.0%} against T1)" if base and step != STEP_LIB else ""
+            out.append(f"{step.removeprefix('tuning: ')}: {r['mb_per_s']:.1f} MB/s{vs} ({r['wall_s']:.1f} s), "
                        f"{r['cpu_s']:.1f} s CPU (es-dump {r['threads_cpu_s'].get('es-dump', 0):.1f} s), server "
-                       f"{r['server_cpu_s']:.1f} s; the whole stream backup: {b['mb_per_s']:.1f} MB/s.")
+                       f"{r['server_cpu_s']:.1f} s.")
     if micro:
         by = {r["key"]: r for r in micro}
-        if "json" in by and "ndjson" in by:
-            py = by["json"]["cpu_s_per_gb"] + by["ndjson"]["cpu_s_per_gb"]
-            fast = by["orjson"]["cpu_s_per_gb"] + by["ndjson_orjson"]["cpu_s_per_gb"]
-            out.append(f"Per GB of source the dump's Python work (json.loads of the pages + _ndjson) costs "
-                       f"{py:.1f} CPU-s, all under the GIL (one core at most, whatever the slices); with orjson for "
-                       f"both it measured {fast:.1f} CPU-s ({py / fast:.1f}x less): {(py - fast) * gb:.1f} s of this "
-                       f"backup's CPU.")
+        if all(k in by for k in ("json", "orjson", "ndjson_json", "ndjson_orjson")):
+            saved = (by["ndjson_json"]["cpu_s_per_gb"] - by["ndjson_orjson"]["cpu_s_per_gb"]) * gb
+            line = (f"Per GB of source on one core: parsing the pages costs {by['json']['cpu_s_per_gb']:.1f} CPU-s "
+                    f"with json.loads, {by['orjson']['cpu_s_per_gb']:.1f} with orjson.loads; the _bulk encoding "
+                    f"{by['ndjson_json']['cpu_s_per_gb']:.1f} CPU-s with the json module, "
+                    f"{by['ndjson_orjson']['cpu_s_per_gb']:.1f} with orjson.dumps: {saved:.1f} s of this "
+                    f"backup's {b['cpu_s']:.1f} s of CPU")
+            if "ndjson" in by and "loads_driver" in by:
+                line += (f". The measured checkout's driver: parsing {by['loads_driver']['cpu_s_per_gb']:.1f}, "
+                         f"encoding {by['ndjson']['cpu_s_per_gb']:.1f} CPU-s per GB")
+            out.append(line + ".")
         rest = [by[k] for k in ("chunk", "sha", "zstd", "encrypt") if k in by]
         if rest:
             total = sum(r["cpu_s_per_gb"] for r in rest)
@@ -1208,9 +1277,14 @@ def analyse(rows: dict[str, dict], micro: list[dict], source: int) -> list[str]:
                        "here), split between MainThread and the blob workers.")
     if ok(STEP_STREAM2) and b["repo_growth_mib"]:
         b2 = rows[STEP_STREAM2]
-        out.append(f"Unchanged data: {b2['wall_s']:.1f} s, stored {b2['repo_growth_mib']:.1f} MiB new against "
-                   f"{b['repo_growth_mib']:.1f} MiB the first time ({b2['repo_growth_mib'] / b['repo_growth_mib']:.0%})"
-                   ".")
+        line = (f"Unchanged data: {b2['wall_s']:.1f} s, stored {b2['repo_growth_mib']:.1f} MiB new against "
+                f"{b['repo_growth_mib']:.1f} MiB the first time ({b2['repo_growth_mib'] / b['repo_growth_mib']:.0%}).")
+        sliced = [n for n, v in per.items() if v.get("slices", 1) > 1]
+        if sliced and b2["repo_growth_mib"] > 0.25 * b["repo_growth_mib"]:
+            line += (f" {', '.join(sliced)} were read in slices, whose blocks go into the documents file in the "
+                     "order the slices deliver them: that order differs from one backup to the next, and so do the "
+                     "chunks.")
+        out.append(line)
     if ok(STEP_RESTORE):
         r = rows[STEP_RESTORE]
         tr = r["threads_cpu_s"]
@@ -1222,10 +1296,10 @@ def analyse(rows: dict[str, dict], micro: list[dict], source: int) -> list[str]:
         out.append(f"Stream restore: {r['wall_s']:.1f} s; stash-runner {r['cpu_s']:.1f} s CPU (bulk senders es-load "
                    f"{tr.get('es-load', 0):.1f} s, pack reads {tr.get('read', 0):.1f} s, MainThread "
                    f"{tr.get('MainThread', 0):.1f} s); Elasticsearch {r['server_cpu_s']:.1f} s "
-                   f"({r['server_cpu_s'] / gb:.1f} s per GB indexed): the server's indexing is the restore's cost.")
+                   f"({r['server_cpu_s'] / gb:.1f} s per GB indexed, {r['server_cpu_s'] / r['wall_s']:.2f} cores).")
         if ok(STEP_RESTORE_W2):
             w = rows[STEP_RESTORE_W2]
-            out.append(f"With 2 bulk workers instead of {CLI_SLICES}: {w['wall_s']:.1f} s "
+            out.append(f"With 2 bulk requests at a time instead of {CLI_SLICES}: {w['wall_s']:.1f} s "
                        f"({w['wall_s'] / r['wall_s']:.2f}x).")
     return out
 
@@ -1321,25 +1395,17 @@ def _run(args: argparse.Namespace, tmp: str, started: float, server: SearchServe
     probe_load = loader.load_until(probe)
     rates = {"L": (loader.total - warm) / probe_load if loader.total > warm else warm / loader.seconds,
              "R": read_rate(server.url, loader.total)}
-    probe_dir = os.path.join(tmp, "probe-dump")
-    empty(probe_dir)
-    t0 = time.perf_counter()
-    subprocess.run([mdump, "--direction=dump", f"--input={server.url}", f"--output={probe_dir}",
-                    "--ignoreTemplate=true"], check=True, capture_output=True, cwd=tmp)
-    rates["E"] = loader.total / (time.perf_counter() - t0)
-    shutil.rmtree(probe_dir)
-    say(f"probe: {loader.total / MB:.1f} MB loaded at {rates['L'] / MB:.1f} MB/s, read back at "
-        f"{rates['R'] / MB:.1f} MB/s, dumped by multielasticdump --limit {STASH_LIMIT} at {rates['E'] / MB:.1f} MB/s")
+    say(f"probe: {loader.total / MB:.1f} MB, loaded at {rates['L'] / MB:.1f} MB/s after the warm-up, read back at "
+        f"{rates['R'] / MB:.1f} MB/s")
     tuning_possible = args.tuning != "never"
     left = args.budget_s - (time.perf_counter() - started) if args.budget_s > 0 else 0
     size = fit_size(requested, left, rates, loader.total, args.tuning == "always")
     note = ""
     if size < requested:
         full = estimate_seconds(requested, rates, loader.total, args.tuning == "always")
-        note = (f"{size / MB:.0f} MB instead of the requested {args.size_mb} MB: at the rates measured here (load "
-                f"{rates['L'] / MB:.1f} MB/s, one-stream read {rates['R'] / MB:.1f} MB/s, multielasticdump "
-                f"{rates['E'] / MB:.1f} MB/s) the full size would take about {full / 60:.0f} min, over the "
-                f"--budget-s {args.budget_s:.0f} s.")
+        note = (f"{size / MB:.0f} MB instead of the requested {args.size_mb} MB: at the rates the probe measured "
+                f"here (load {rates['L'] / MB:.1f} MB/s, one-stream read {rates['R'] / MB:.1f} MB/s) the full size "
+                f"would take about {full / 60:.0f} min, over what is left of --budget-s {args.budget_s:.0f} s.")
         say(note)
     tuning = args.tuning == "always" or (
         tuning_possible and (args.budget_s <= 0 or estimate_seconds(size, rates, loader.total, True) <= left))

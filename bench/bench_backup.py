@@ -39,7 +39,7 @@ RUSAGE_BOTH), and its ru_maxrss is the largest of those processes. So:
 * Peak RSS of restic: its wait4 ru_maxrss (restic has no children).
 * Peak RSS of stash-runner: wait4 would give max(python, pg_dump), so instead the CLI runs under a
   tiny wrapper (exactly ``python3 -m stash_runner ...`` via runpy) whose atexit hook writes the
-  python process's own RUSAGE_SELF ru_maxrss to a file. The wait4 value is kept in the JSON too.
+  python process's own peak RSS (VmHWM: bench/measured.py) to a file. The wait4 value is kept in the JSON too.
 """
 
 from __future__ import annotations
@@ -69,6 +69,7 @@ import boto3  # noqa: E402
 import botocore.config  # noqa: E402
 
 from bench.cpu import busy_cpu, children_cpu, process_cpu  # noqa: E402
+from bench.measured import WRAPPER, peak_rss_kib  # noqa: E402
 from tests.helpers import REPO_PASSWORD, objects_yaml  # noqa: E402
 from tests.pgcluster import PgCluster, load_bulk  # noqa: E402
 from tests.servers import Server, start_moto  # noqa: E402
@@ -91,19 +92,6 @@ S3_STEPS = (STEP_RESTIC_S3, STEP_RUNNER_S3)
 STEPS = LOCAL_STEPS + S3_STEPS
 S3_PREFIX = "stash/pg"
 
-# Runs the CLI exactly as `python3 -m stash_runner ARGS` does, and records the interpreter's own
-# peak RSS at exit (argv[1] is the report file), which wait4 cannot separate from its children's.
-_RSS_WRAPPER = """\
-import atexit, json, resource, runpy, sys
-_report = sys.argv[1]
-def _write():
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    with open(_report, "w") as f:
-        json.dump({"maxrss_kib": r.ru_maxrss, "utime": r.ru_utime, "stime": r.ru_stime}, f)
-atexit.register(_write)
-sys.argv = ["stash_runner", *sys.argv[2:]]
-runpy.run_module("stash_runner", run_name="__main__", alter_sys=True)
-"""
 
 
 def say(msg: str) -> None:
@@ -370,7 +358,7 @@ def measure_runner(cluster: PgCluster, run_dir: str, s3: S3Server | None = None,
         objects = objects_yaml(os.path.join(run_dir, "objects.yaml"), cluster=cluster, repo_dir=repo)
     rss_file = os.path.join(run_dir, f"runner-rusage{tag}.json")
     logs = {"stash-runner": os.path.join(run_dir, f"stash-runner{tag}.log")}
-    argv = [sys.executable, "-c", _RSS_WRAPPER, rss_file,
+    argv = [sys.executable, "-c", WRAPPER, rss_file, "runner",
             "backup", "--objects", objects, "-n", "demo", "--appbinding", "pg", "--repository", "repo"]
     procs: list[subprocess.Popen] = []
     with Window(cluster.pid, s3) as win, open(logs["stash-runner"], "wb") as log, _killed_on_error(procs):
@@ -384,10 +372,10 @@ def measure_runner(cluster: PgCluster, run_dir: str, s3: S3Server | None = None,
         own = json.load(f)
     u = usage["stash-runner"]
     # The python process alone, from its atexit report; wait4's value is in `procs` for comparison.
-    usage["stash-runner (python only)"] = ProcUsage(own["utime"], own["stime"], own["maxrss_kib"], 0)
+    usage["stash-runner (python only)"] = ProcUsage(own["utime"], own["stime"], peak_rss_kib(own), 0)
     stored = s3.stored_bytes(bucket) if s3 else dir_bytes(repo)
     step = STEP_RUNNER_S3 if s3 else STEP_RUNNER
-    return win.fill(Sample(step, wall, u.utime + u.stime, own["maxrss_kib"], stored, usage)), repo
+    return win.fill(Sample(step, wall, u.utime + u.stime, peak_rss_kib(own), stored, usage)), repo
 
 
 # -- data --------------------------------------------------------------------------------------

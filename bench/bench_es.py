@@ -51,9 +51,9 @@ for ``3.0`` is equal; no long exceeds 2^53); a restore that does not verify is r
 
 Tuning rows (``--tuning auto``: when the estimate leaves room in the budget; ``always``; ``never``): the stream
 dump of the largest index (``logs-2026.05``, half the data) without the repository (the driver's StreamDump
-through the library, its files read and dropped), at the CLI's 3 slices and page 1000 (the driver's page size),
-at page 5000, and at 4 slices; and ``stash-runner restore --mode stream`` with ``--max-concurrency 2`` (the CLI's
-default is 3 bulk requests at a time, of about 8 MiB each). They show what the read costs alone and what page
+through the library, its files read and dropped), at 3 slices and page 1000 (the driver's page size), at page
+5000, and at 4 slices (the default); and ``stash-runner restore --mode stream`` with ``--max-concurrency 2`` (the
+default is 4 bulk requests at a time, of about 8 MiB each). They show what the read costs alone and what page
 size, slices and bulk concurrency buy (their MB/s: that index's source bytes over the wall time). Also measured
 (always: they take seconds): the single-core cost per GB of each stage of a stream backup on generated pages
 of 1000 hits: parsing and _bulk encoding by the driver as it is in the checkout, and by two fixed references
@@ -112,6 +112,8 @@ OUT_DIR = os.path.join(REPO_ROOT, "bench", "out")
 sys.path.insert(0, REPO_ROOT)
 
 from bench.cpu import busy_cpu  # noqa: E402
+from bench.measured import WRAPPER as _WRAPPER  # noqa: E402
+from bench.measured import peak_rss_kib  # noqa: E402
 from tests.esservers import (  # noqa: E402
     ELASTICDUMP_VERSION,
     SERVERS,
@@ -176,54 +178,6 @@ RUNNER_STEPS = (STEP_STREAM, STEP_STREAM2, STEP_INTERIM, STEP_RESTORE, STEP_REST
 STREAM_STEPS = (STEP_STREAM, STEP_STREAM2, STEP_RESTORE)
 RESTORE_STEPS = (STEP_RESTORE, STEP_RESTORE_INTERIM, STEP_STASH_RESTORE, STEP_RESTORE_W2)
 
-# Runs a measured Python process and records, at exit, its own rusage and the CPU of each of its threads by name.
-# argv: REPORT runner ARGS... (exactly `python3 -m stash_runner ARGS`), or REPORT script PATH ARGS... (a script).
-# A thread is counted when its run() returns (time.thread_time() in that thread); one still running at exit
-# (a daemon) from /proc/self/task/TID/stat. (bench_mongo.py's wrapper.)
-_WRAPPER = """\
-import atexit, json, os, resource, runpy, sys, threading, time
-_report, _mode = sys.argv[1], sys.argv[2]
-_lock = threading.Lock()
-_ended = []
-_run = threading.Thread.run
-def _counted_run(self):
-    try:
-        _run(self)
-    finally:
-        self._bench_cpu = time.thread_time()
-        with _lock:
-            _ended.append((self.name, self._bench_cpu))
-threading.Thread.run = _counted_run
-def _write():
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    threads = list(_ended) + [("MainThread", time.thread_time())]
-    tick = os.sysconf("SC_CLK_TCK")
-    for t in threading.enumerate():
-        tid = t.native_id
-        if t is threading.main_thread() or tid is None or hasattr(t, "_bench_cpu"):
-            continue
-        try:
-            with open(f"/proc/self/task/{tid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            threads.append((t.name, (int(fields[11]) + int(fields[12])) / tick))
-        except OSError:
-            pass
-    hwm = 0
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                hwm = int(line.split()[1])
-    with open(_report, "w") as f:
-        json.dump({"maxrss_kib": r.ru_maxrss, "vmhwm_kib": hwm, "utime": r.ru_utime, "stime": r.ru_stime,
-                   "threads": threads}, f)
-atexit.register(_write)
-if _mode == "runner":
-    sys.argv = ["stash_runner", *sys.argv[3:]]
-    runpy.run_module("stash_runner", run_name="__main__", alter_sys=True)
-else:
-    sys.argv = sys.argv[3:]
-    runpy.run_path(sys.argv[0], run_name="__main__")
-"""
 
 THREAD_ROLES = {
     "es-dump": "stream dump slices: search requests, the client's JSON parsing of each page (json.loads), the "
@@ -820,7 +774,7 @@ class Bench:
                 s.threads["(exit)"] = max(0.0, total_cpu - s.cpu)
                 s.cpu = total_cpu
             # VmHWM: ru_maxrss would count this script's own RSS, which the child had between fork and exec
-            s.peak_rss_kib = own.get("vmhwm_kib") or own["maxrss_kib"]
+            s.peak_rss_kib = peak_rss_kib(own)
             s.info["ru_maxrss_kib"] = own["maxrss_kib"]
             s.tools_rss_kib = sampler.sub_peak // 1024
         else:

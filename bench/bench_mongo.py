@@ -40,7 +40,7 @@ by a tiny runpy wrapper, as bench_backup.py does; no process here has children),
 are counted when they finish (``time.thread_time()``) or, still running at exit, from /proc; the threads' names
 say what they do (``mongo_N``: the dump's collection readers, ``blob_N``: hash/compress/encrypt, ``MainThread``:
 chunking, or the restore's archive parsing). FerretDB's CPU (its /proc/PID/stat, every thread) and the rest of
-the machine's are counted apart. Peak RSS is the process's ru_maxrss.
+the machine's are counted apart. Peak RSS is the process's own VmHWM (bench/measured.py).
 
 Profiling (``--profile auto``: when the backup misses its target; ``always``; ``never``): the library dump row
 above, and the single-core per-byte cost of each stage measured on a sample of the generated documents: the
@@ -93,6 +93,8 @@ from bson.codec_options import CodecOptions  # noqa: E402
 from bson.raw_bson import RawBSONDocument  # noqa: E402
 
 from bench.cpu import busy_cpu, children_cpu, process_cpu  # noqa: E402
+from bench.measured import WRAPPER as _WRAPPER  # noqa: E402
+from bench.measured import peak_rss_kib  # noqa: E402
 from tests.helpers import REPO_PASSWORD, b64, objects_yaml  # noqa: E402
 from tests.mongoservers import FERRETDB_VERSION, MongoPeer, start_ferretdb  # noqa: E402
 
@@ -124,48 +126,6 @@ STEPS = (STEP_FLOOR_SEQ, STEP_FLOOR_PAR, STEP_BACKUP, STEP_BACKUP2, STEP_LIBDUMP
          STEP_DUMP)
 RUNNER_STEPS = (STEP_BACKUP, STEP_BACKUP2, STEP_RESTORE, STEP_DUMP)
 
-# Runs a measured Python process and records, at exit, its own rusage and the CPU of each of its threads by name.
-# argv: REPORT runner ARGS... (exactly `python3 -m stash_runner ARGS`), or REPORT script PATH ARGS... (a script).
-# A thread is counted when its run() returns (time.thread_time() in that thread); one still running at exit
-# (a daemon) from /proc/self/task/TID/stat.
-_WRAPPER = """\
-import atexit, json, os, resource, runpy, sys, threading, time
-_report, _mode = sys.argv[1], sys.argv[2]
-_lock = threading.Lock()
-_ended = []
-_run = threading.Thread.run
-def _counted_run(self):
-    try:
-        _run(self)
-    finally:
-        self._bench_cpu = time.thread_time()
-        with _lock:
-            _ended.append((self.name, self._bench_cpu))
-threading.Thread.run = _counted_run
-def _write():
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    threads = list(_ended) + [("MainThread", time.thread_time())]
-    tick = os.sysconf("SC_CLK_TCK")
-    for t in threading.enumerate():
-        tid = t.native_id
-        if t is threading.main_thread() or tid is None or hasattr(t, "_bench_cpu"):
-            continue
-        try:
-            with open(f"/proc/self/task/{tid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            threads.append((t.name, (int(fields[11]) + int(fields[12])) / tick))
-        except OSError:
-            pass
-    with open(_report, "w") as f:
-        json.dump({"maxrss_kib": r.ru_maxrss, "utime": r.ru_utime, "stime": r.ru_stime, "threads": threads}, f)
-atexit.register(_write)
-if _mode == "runner":
-    sys.argv = ["stash_runner", *sys.argv[3:]]
-    runpy.run_module("stash_runner", run_name="__main__", alter_sys=True)
-else:
-    sys.argv = sys.argv[3:]
-    runpy.run_path(sys.argv[0], run_name="__main__")
-"""
 
 # What each thread group of a measured process does.
 THREAD_ROLES = {
@@ -587,7 +547,7 @@ class Sample:
     step: str
     wall: float
     cpu: float  # the process's own CPU (RUSAGE_SELF at exit): user + system
-    peak_rss_kib: int  # its own ru_maxrss
+    peak_rss_kib: int  # its own VmHWM
     threads: dict[str, float]  # CPU s by thread group (names without their _N)
     server_cpu: float = 0.0  # FerretDB in the same window
     other_cpu: float = 0.0  # the rest of the machine in that window: ~0 on an idle box
@@ -651,7 +611,7 @@ class Bench:
         cpu = own["utime"] + own["stime"]
         threads["(unattributed)"] = max(0.0, cpu - sum(threads.values()))
         ours, server = c1 - c0, s1 - s0
-        return Sample(step, wall, cpu, own["maxrss_kib"], dict(threads), server_cpu=server,
+        return Sample(step, wall, cpu, peak_rss_kib(own), dict(threads), server_cpu=server,
                       other_cpu=max(0.0, (b1 - b0) - ours - server), wait4_cpu=ru.ru_utime + ru.ru_stime,
                       wait4_maxrss_kib=ru.ru_maxrss)
 

@@ -62,12 +62,12 @@ def extract(repo: Repository, snap: Snapshot, path: str, target: str,
             on_bytes: Callable[[int], None] = lambda n: None) -> None:
     """Write the directory at ``path`` of a snapshot into ``target`` (which exists): its regular files and
     subdirectories, with their permission bits. Other kinds of entries (symlinks, devices) are not written."""
-    node = find_node(repo, snap, path) if _normal(path) != "/" else None
     if _normal(path) == "/":
         tree_id = snap.tree
-    elif node is None or node.type != "dir" or not node.subtree:
-        raise SnapshotNotFound(f"snapshot {snap.short_id} has no directory {path!r}")
     else:
+        node = find_node(repo, snap, path)
+        if node is None or node.type != "dir" or not node.subtree:
+            raise SnapshotNotFound(f"snapshot {snap.short_id} has no directory {path!r}")
         tree_id = node.subtree
 
     def write(tree_id: str, into: str) -> None:
@@ -107,17 +107,9 @@ def find_file(repo: Repository, snap: Snapshot, path: str | None) -> tuple[str, 
         if not files:
             raise SnapshotNotFound(f"snapshot {snap.short_id} holds no file")
         return files[0]
-    parts = [p for p in path.split("/") if p]
-    tree_id = snap.tree
-    for i, part in enumerate(parts):
-        node = next((n for n in load_tree(repo, tree_id) if n.name == part), None)
-        if node is None:
-            break
-        if i == len(parts) - 1 and node.type == "file":
-            return "/" + "/".join(parts), node
-        if node.type != "dir" or not node.subtree:
-            break
-        tree_id = node.subtree
+    node = find_node(repo, snap, path)
+    if node is not None and node.type == "file":
+        return _normal(path), node
     raise SnapshotNotFound(f"snapshot {snap.short_id} has no file {path!r}")
 
 

@@ -88,7 +88,6 @@ import contextlib
 import datetime
 import hashlib
 import http.client
-import io
 import json
 import os
 import platform
@@ -114,6 +113,8 @@ sys.path.insert(0, REPO_ROOT)
 from bench.cpu import busy_cpu  # noqa: E402
 from bench.measured import WRAPPER as _WRAPPER  # noqa: E402
 from bench.measured import peak_rss_kib  # noqa: E402
+from bench.stages import repository_stages  # noqa: E402
+from bench.words import COUNTRIES, STATUSES, vocabulary  # noqa: E402
 from tests.esservers import (  # noqa: E402
     ELASTICDUMP_VERSION,
     SERVERS,
@@ -199,25 +200,12 @@ def say(msg: str) -> None:
 
 # -- the documents ------------------------------------------------------------------------------------------------
 
-_SYLLABLES = ("ka", "lo", "mi", "ne", "ru", "sa", "ti", "vo", "ber", "dan", "fel", "gor", "hin", "jus", "kel",
-              "mar", "nor", "pel", "quin", "ros", "sten", "tal", "ul", "ver", "wen", "xa", "yor", "zel", "an", "el",
-              "is", "on")
-_COUNTRIES = ("DE", "FR", "US", "GB", "NL", "SE", "PL", "ES", "IT", "JP", "BR", "IN", "CA", "AU", "AT", "CH")
 _LEVELS = ("DEBUG", "INFO", "INFO", "INFO", "INFO", "WARN", "ERROR")
 _METHODS = ("GET", "GET", "GET", "POST", "PUT", "DELETE")
-_STATUSES = ("new", "paid", "packed", "shipped", "delivered", "returned", "cancelled")
 _BASE = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
 
 
-def _vocabulary(n: int = 4096) -> list[str]:
-    rnd = random.Random(7)
-    words: set[str] = set()
-    while len(words) < n:
-        words.add("".join(rnd.choice(_SYLLABLES) for _ in range(rnd.randint(1, 4))))
-    return sorted(words)
-
-
-_WORDS = _vocabulary()
+_WORDS = vocabulary()
 _TAGS = _WORDS[:64]
 _CITIES = [w.capitalize() for w in _WORDS[100:400]]
 _CATEGORIES = _WORDS[500:620]
@@ -290,14 +278,14 @@ class _Orders(_Gen):
         items = [{"sku": f"SKU-{r.randrange(1, 10**6):08d}", "name": self.text(2, 5), "qty": r.randint(1, 9),
                   "price": round(r.uniform(0.5, 400), 2)} for _ in range(r.randint(1, 6))]
         return f"ord-{n:09d}", {
-            "order_no": 10**12 + n, "status": r.choice(_STATUSES), "created": self.when(),
+            "order_no": 10**12 + n, "status": r.choice(STATUSES), "created": self.when(),
             "customer": {"id": f"cu-{r.randrange(10**6):07d}", "name": self.text(2, 2).title(),
                          "email": f"{r.choice(_WORDS)}.{r.choice(_WORDS)}@{r.choice(_WORDS)}.example",
-                         "country": r.choice(_COUNTRIES)},
+                         "country": r.choice(COUNTRIES)},
             "items": items, "total": round(sum(i["price"] * i["qty"] for i in items), 2),
             "currency": r.choice(("EUR", "USD")), "paid": r.random() < 0.8,
             "shipping": {"city": r.choice(_CITIES), "zip": f"{r.randrange(100000):05d}",
-                         "country": r.choice(_COUNTRIES), "eta": self.when()},
+                         "country": r.choice(COUNTRIES), "eta": self.when()},
             "comment": self.text(0, 40),
         }
 
@@ -902,11 +890,8 @@ def micro_costs(loader: Loader, level: int) -> list[dict]:
     """Single-core cost of each per-byte stage of a stream backup, on pages of 1000 hits built from about
     MICRO_BYTES of documents generated as the loaded ones (the same generators, fresh seeds)."""
     import orjson
-    import pyfastcdc
 
     from drivers.elasticsearch import stream
-    from stash_runner.restic import compression
-    from stash_runner.restic.archiver import AVG_CHUNK, MAX_CHUNK, MIN_CHUNK
 
     pages: list[bytes] = []
     source = 0
@@ -982,26 +967,9 @@ def micro_costs(loader: Loader, level: int) -> list[dict]:
     encoding("ndjson", "_bulk encoding: the driver's (stream._ndjson)", loads, encode_driver,
              "what this checkout's dump does with each page it parsed")
     data = b"".join(out)
-    chunks: list[bytes] = []
-
-    def chunk() -> None:
-        cdc = pyfastcdc.FastCDC(AVG_CHUNK, min_size=MIN_CHUNK, max_size=MAX_CHUNK)
-        for c in cdc.cut_stream(io.BytesIO(data)):
-            chunks.append(bytes(c.data))
-
-    row("chunk", "FastCDC chunking + copy", len(data), chunk, "restic/archiver.py add_stream, in MainThread")
-    row("sha", "SHA-256", len(data), lambda: [hashlib.sha256(c).digest() for c in chunks], "blob IDs")
-    comp = compression.Compressor(level)
-    packed: list[bytes] = []
-    row("zstd", f"zstd level {level}", len(data), lambda: packed.extend(comp.compress(c) for c in chunks),
-        "restic/compression.py Compressor")
-    from stash_runner.restic.crypto import Key
-
-    key = Key.random()
-    row("encrypt", "AES-256-CTR + Poly1305", sum(map(len, packed)), lambda: [key.encrypt(p) for p in packed],
-        "restic/crypto.py Key.encrypt, of the compressed bytes")
+    ratio = repository_stages(data, level, row).ratio
     for r in rows:
-        r["compression_ratio"] = sum(map(len, packed)) / len(data)
+        r["compression_ratio"] = ratio
         r["ndjson_over_source"] = len(data) / source
     return rows
 

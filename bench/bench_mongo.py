@@ -95,6 +95,8 @@ from bson.raw_bson import RawBSONDocument  # noqa: E402
 from bench.cpu import busy_cpu, children_cpu, process_cpu  # noqa: E402
 from bench.measured import WRAPPER as _WRAPPER  # noqa: E402
 from bench.measured import peak_rss_kib  # noqa: E402
+from bench.stages import repository_stages  # noqa: E402
+from bench.words import COUNTRIES, STATUSES, vocabulary  # noqa: E402
 from tests.helpers import REPO_PASSWORD, b64, objects_yaml  # noqa: E402
 from tests.mongoservers import FERRETDB_VERSION, MongoPeer, start_ferretdb  # noqa: E402
 
@@ -149,24 +151,11 @@ def say(msg: str) -> None:
 
 # -- the documents ------------------------------------------------------------------------------------------------
 
-_SYLLABLES = ("ka", "lo", "mi", "ne", "ru", "sa", "ti", "vo", "ber", "dan", "fel", "gor", "hin", "jus", "kel",
-              "mar", "nor", "pel", "quin", "ros", "sten", "tal", "ul", "ver", "wen", "xa", "yor", "zel", "an", "el",
-              "is", "on")
-_COUNTRIES = ("DE", "FR", "US", "GB", "NL", "SE", "PL", "ES", "IT", "JP", "BR", "IN", "CA", "AU", "AT", "CH")
-_STATUSES = ("new", "paid", "packed", "shipped", "delivered", "returned", "cancelled")
 _KINDS = ("heartbeat", "login", "logout", "reading", "alarm", "config", "update", "error")
 _BASE = datetime.datetime(2023, 1, 1)
 
 
-def _vocabulary(n: int = 4096) -> list[str]:
-    rnd = random.Random(7)
-    words: set[str] = set()
-    while len(words) < n:
-        words.add("".join(rnd.choice(_SYLLABLES) for _ in range(rnd.randint(1, 4))))
-    return sorted(words)
-
-
-_WORDS = _vocabulary()
+_WORDS = vocabulary()
 _TAGS = _WORDS[:64]
 _CITIES = [w.capitalize() for w in _WORDS[100:400]]
 _CATEGORIES = _WORDS[500:620]
@@ -211,7 +200,7 @@ class _Customers(_Gen):
             "active": r.random() < 0.9, "score": r.random() * 100, "loyalty_points": Int64(r.getrandbits(40)),
             "tags": r.sample(_TAGS, r.randint(0, 6)),
             "address": {"street": f"{self.text(1, 3).title()} {r.randint(1, 300)}", "city": r.choice(_CITIES),
-                        "zip": f"{r.randrange(100000):05d}", "country": r.choice(_COUNTRIES)},
+                        "zip": f"{r.randrange(100000):05d}", "country": r.choice(COUNTRIES)},
             "prefs": {"newsletter": r.random() < 0.3, "lang": r.choice(("de", "en", "fr", "es")),
                       "currency": r.choice(("EUR", "USD", "GBP"))},
             "notes": self.text(40, 130), "avatar": Binary(r.randbytes(16), 4),
@@ -228,11 +217,11 @@ class _Orders(_Gen):
         created = self.when()
         return {
             "_id": ObjectId(), "order_no": Int64(10**9 + n), "customer_id": _oid(b"cu", r.randint(1, 10**6)),
-            "status": r.choice(_STATUSES), "created": created, "items": items,
+            "status": r.choice(STATUSES), "created": created, "items": items,
             "total": round(sum(i["price"] * i["qty"] for i in items), 2), "currency": r.choice(("EUR", "USD")),
             "paid": r.random() < 0.8, "coupon": f"C{r.randrange(10**6)}" if r.random() < 0.1 else None,
             "shipping": {"name": self.text(2, 2).title(), "street": f"{self.text(1, 3).title()} {r.randint(1, 300)}",
-                         "city": r.choice(_CITIES), "country": r.choice(_COUNTRIES),
+                         "city": r.choice(_CITIES), "country": r.choice(COUNTRIES),
                          "eta": created + datetime.timedelta(days=r.randint(1, 14))},
             "comment": self.text(0, 60) if r.random() < 0.6 else "",
         }
@@ -725,12 +714,9 @@ def verify_restore(client: pymongo.MongoClient, loader: Loader) -> dict:
 
 def micro_costs(loader: Loader, level: int) -> list[dict]:
     """Single-core cost of each per-byte stage, on about MICRO_BYTES of the loaded documents (all collections)."""
-    import pyfastcdc
 
     from drivers.mongodb import archive
     from stash_runner.restic import compression
-    from stash_runner.restic.archiver import AVG_CHUNK, MAX_CHUNK, MIN_CHUNK
-    from stash_runner.restic.crypto import Key
 
     facts = driver_facts()
     block_bytes, crc_path = facts["block_bytes"], facts["crc64"]
@@ -802,26 +788,8 @@ def micro_costs(loader: Loader, level: int) -> list[dict]:
     row("framing", "  of which framing check + join", docs_bytes,
         lambda: [(all(archive._framed(d) for d in raws), b"".join(raws)) for _, _, raws in blocks],
         "archive._framed per document, b''.join per block")
-    chunks: list[bytes] = []
-
-    def chunk() -> None:
-        cdc = pyfastcdc.FastCDC(AVG_CHUNK, min_size=MIN_CHUNK, max_size=MAX_CHUNK)
-        for c in cdc.cut_stream(io.BytesIO(data)):
-            chunks.append(bytes(c.data))
-
-    row("chunk", "FastCDC chunking + copy", len(data), chunk,
-        "restic/archiver.py add_stream (pyfastcdc), in MainThread")
-    row("sha", "SHA-256", len(data), lambda: [hashlib.sha256(c).digest() for c in chunks], "blob IDs")
-    comp = compression.Compressor(level)
-    packed: list[bytes] = []
-    row("zstd", f"zstd level {level}", len(data), lambda: packed.extend(comp.compress(c) for c in chunks),
-        "restic/compression.py Compressor")
-    ratio = sum(map(len, packed)) / len(data)
-    key = Key.random()
-    sealed: list[bytes] = []
-    row("encrypt", "AES-256-CTR + Poly1305", sum(map(len, packed)),
-        lambda: sealed.extend(key.encrypt(p) for p in packed),
-        f"restic/crypto.py Key.encrypt, of the compressed bytes (ratio {ratio:.2f})")
+    staged = repository_stages(data, level, row)
+    chunks, packed, sealed, key, ratio = staged.chunks, staged.packed, staged.sealed, staged.key, staged.ratio
     row("decrypt", "decrypt + MAC check", sum(map(len, packed)), lambda: [key.decrypt(s) for s in sealed],
         "restore/dump path")
     row("unzstd", "zstd decompress", len(data),

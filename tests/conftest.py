@@ -8,6 +8,7 @@ import tempfile
 import pytest
 
 from . import mongoservers, servers
+from .kubecluster import ControlPlane, Namespace
 from .pgcluster import PgCluster, load_sample
 from .pushgateway import start_pushgateway
 
@@ -109,3 +110,17 @@ def ferretdb_rs(workdir):
 def mongo_java(workdir):
     """mongo-java-server (memory backend): no auth, wire version 8; BSON types and index kinds round-trip."""
     yield from _server(mongoservers.start_mongo_java_server, workdir, "mongo-java-server")
+
+
+@pytest.fixture(scope="session")
+def control_plane():
+    """A real etcd + kube-apiserver (TLS, RBAC, tokens, audit log, deploy/crds applied), one per test session."""
+    plane = ControlPlane().start()
+    yield plane
+    plane.stop()
+
+
+@pytest.fixture
+def kube(control_plane) -> Namespace:
+    """A namespace of its own on the real control plane, for one test."""
+    return control_plane.namespace()

@@ -50,7 +50,9 @@ def target_labels() -> dict[str, str]:
 
 
 def group(gw, job: str, **grouping: str) -> dict[str, dict]:
-    """The metric families of exactly one group, each as {"type", "help", "series": {labels: value}}."""
+    """The metric families of exactly one group, each as {"type", "help", "series": {labels: value}}.
+
+    Every group read is checked for Stash's legacy twins (``legacy_twins_match``)."""
     want = {"job": job, **grouping}
     found = [g for g in groups(gw) if g["labels"] == want]
     assert len(found) == 1, f"group {want}: {[g['labels'] for g in groups(gw)]}"
@@ -59,7 +61,25 @@ def group(gw, job: str, **grouping: str) -> dict[str, dict]:
         if isinstance(fam, dict) and "metrics" in fam:
             series = {frozenset(s["labels"].items()): float(s["value"]) for s in fam["metrics"]}
             out[name] = {"type": fam["type"], "help": fam.get("help"), "series": series}
+    legacy_twins_match(out)
     return out
+
+
+def legacy_twins_match(fams: dict[str, dict]) -> None:
+    """Each pushed stash_appscode_com_* family has its legacy family beside it with the very same series
+    (labels and values), type and help; and no legacy family comes without its new-style one."""
+    new_style = {n for n in fams if n.startswith("stash_appscode_com_")}
+    legacy = {n for n in fams if n.startswith(("stash_backup_", "stash_restore_", "stash_repository_"))}
+    assert {m.LEGACY[n] for n in new_style} == legacy, (sorted(new_style), sorted(legacy))
+    for name in new_style:
+        old = fams[m.LEGACY[name]]
+        assert old["series"] == fams[name]["series"], name
+        assert (old["type"], old["help"]) == (fams[name]["type"], fams[name]["help"]), name
+
+
+def pushed(*names: str) -> set[str]:
+    """The names a push of these new-style names carries: each with its legacy twin."""
+    return set(names) | {m.LEGACY[n] for n in names}
 
 
 def only(fam: dict) -> tuple[dict[str, str], float]:
@@ -121,6 +141,80 @@ def test_target_and_repository_labels_follow_stash():
     assert m.parse_user_labels(["team=db", "bad", "a=b=c", "1x=y", "__r=1"]) == {"team": "db"}
 
 
+# -- legacy names ----------------------------------------------------------------------------------
+
+# Verbatim from stash.appscode.dev/apimachinery pkg/metrics: the legacy gauges (Namespace "stash", Subsystem
+# "backup" / "restore" / "repository") beside the new ones ("stash_appscode_com", "backupsession" / ...).
+STASH_LEGACY = {
+    B + "success": "stash_backup_session_success",
+    B + "duration_seconds": "stash_backup_session_duration_seconds",
+    B + "target_count_total": "stash_backup_target_count_total",
+    B + "last_success_time_seconds": "stash_backup_last_success_time_seconds",
+    B + "target_success": "stash_backup_target_success",
+    B + "target_host_count_total": "stash_backup_target_host_count_total",
+    B + "target_last_success_time_seconds": "stash_backup_target_last_success_time_seconds",
+    B + "host_backup_success": "stash_backup_host_backup_success",
+    B + "host_backup_duration_seconds": "stash_backup_host_backup_duration_seconds",
+    B + "host_data_size_bytes": "stash_backup_host_data_size_bytes",
+    B + "host_data_uploaded_bytes": "stash_backup_host_data_uploaded_bytes",
+    B + "host_data_processing_time_seconds": "stash_backup_host_data_processing_time_seconds",
+    B + "host_files_total": "stash_backup_host_files_total",
+    B + "host_files_new": "stash_backup_host_files_new",
+    B + "host_files_modified": "stash_backup_host_files_modified",
+    B + "host_files_unmodified": "stash_backup_host_files_unmodified",
+    REPO + "integrity": "stash_repository_integrity",
+    REPO + "size_bytes": "stash_repository_size_bytes",
+    REPO + "snapshot_count": "stash_repository_snapshot_count",
+    REPO + "snapshot_cleaned": "stash_repository_snapshot_cleaned",
+    R + "success": "stash_restore_session_success",
+    R + "duration_seconds": "stash_restore_session_duration_seconds",
+    R + "target_count_total": "stash_restore_target_count_total",
+    R + "target_success": "stash_restore_target_success",
+    R + "target_host_count_total": "stash_restore_target_host_count_total",
+    R + "host_restore_success": "stash_restore_host_restore_success",
+    R + "host_restore_duration_seconds": "stash_restore_host_restore_duration_seconds",
+}
+
+
+def test_legacy_names_are_stashs_and_cover_every_metric():
+    assert m.LEGACY == STASH_LEGACY
+    new_style = {n for n in m.HELP if n.startswith("stash_appscode_com_")}
+    assert set(m.LEGACY) == new_style and len(set(m.LEGACY.values())) == len(m.LEGACY)
+    # Stash's legacy gauges carry their new twins' help texts word for word
+    assert all(m.HELP[old] == m.HELP[new] for new, old in m.LEGACY.items())
+
+
+def registry_samples(reg: CollectorRegistry) -> dict[str, dict[frozenset, float]]:
+    out: dict[str, dict[frozenset, float]] = {}
+    for fam in reg.collect():
+        for sample in fam.samples:
+            out.setdefault(sample.name, {})[frozenset(sample.labels.items())] = sample.value
+    return out
+
+
+@pytest.mark.parametrize("ok", [True, False])
+def test_every_builder_registers_each_series_twice_in_one_registry(ok):
+    inv = invoker("twins")
+    repo = m.RepositoryInfo.from_spec("r", "demo", BackendSpec("gcs", bucket="b", prefix="p"))
+    post = PostBackup(stats=RepoStats(snapshots=2, raw_data=10), integrity=ok)
+    two = [host("host-0", ok), host("host-1")]
+    outcomes = [m.TargetOutcome(PG, ok, 2), m.TargetOutcome(m.Target("StatefulSet", "db", "apps/v1"), True, 3)]
+    registries = [m.backup_host_metrics(inv, PG, two), m.restore_host_metrics(inv, PG, two),
+                  m.backup_session_metrics(inv, outcomes, duration_seconds=5, now=NOW),
+                  m.restore_session_metrics(inv, outcomes, duration_seconds=5),
+                  m.repository_metrics(inv, repo, post)]
+    seen = set()
+    for reg in registries:
+        samples = registry_samples(reg)
+        new_style = {n for n in samples if n.startswith("stash_appscode_com_")}
+        assert new_style and set(samples) == new_style | {m.LEGACY[n] for n in new_style}
+        for name in new_style:
+            assert samples[m.LEGACY[name]] == samples[name], name
+        seen |= new_style
+    if ok:  # a successful run pushes every name there is
+        assert seen == set(m.LEGACY)
+
+
 # -- backup --------------------------------------------------------------------------------------
 
 def test_backup_success_pushes_stash_names_labels_values(gateway):
@@ -135,7 +229,7 @@ def test_backup_success_pushes_stash_names_labels_values(gateway):
     # host series: in the job+hostname group, labelled as Stash labels them (+ job, instance from the gateway)
     hl = {**invoker_labels(inv), **target_labels(), "hostname": "host-0", "job": job, "instance": ""}
     fams = group(gateway, job, hostname="host-0")
-    assert set(fams) - GATEWAY_OWN == HOST_BACKUP
+    assert set(fams) - GATEWAY_OWN == pushed(*HOST_BACKUP)
     expected = {"host_backup_success": 1, "host_backup_duration_seconds": 14.5, "host_data_size_bytes": 50_000_000,
                 "host_data_uploaded_bytes": 1_234_567, "host_data_processing_time_seconds": 12.25,
                 "host_files_total": 1, "host_files_new": 0, "host_files_modified": 1, "host_files_unmodified": 0}
@@ -146,9 +240,9 @@ def test_backup_success_pushes_stash_names_labels_values(gateway):
     sl = {**invoker_labels(inv), "job": job, "instance": ""}
     tl = {**sl, **target_labels()}
     fams = group(gateway, job)
-    assert set(fams) - GATEWAY_OWN == {B + n for n in (
+    assert set(fams) - GATEWAY_OWN == pushed(*(B + n for n in (
         "success", "duration_seconds", "target_count_total", "last_success_time_seconds", "target_success",
-        "target_host_count_total", "target_last_success_time_seconds")}
+        "target_host_count_total", "target_last_success_time_seconds")))
     check_family(fams, B + "success", sl, 1)
     check_family(fams, B + "duration_seconds", sl, 20.5)
     check_family(fams, B + "target_count_total", sl, 1)
@@ -162,6 +256,13 @@ def test_backup_success_pushes_stash_names_labels_values(gateway):
     sample = next(s for s in scraped[B + "host_data_uploaded_bytes"].samples if s.labels.get("job") == job)
     assert sample.labels == hl and sample.value == 1_234_567
     assert scraped[B + "host_data_uploaded_bytes"].documentation == m.HELP[B + "host_data_uploaded_bytes"]
+    # ... and under the legacy names, which Prometheus scrapes just the same
+    for name in pushed(*HOST_BACKUP) - HOST_BACKUP:
+        twin = next(s for s in scraped[name].samples if s.labels.get("job") == job)
+        assert twin.labels == hl and scraped[name].type == "gauge", name
+    legacy = next(s for s in scraped["stash_backup_host_data_uploaded_bytes"].samples if s.labels.get("job") == job)
+    assert legacy.value == 1_234_567
+    assert scraped["stash_backup_host_data_uploaded_bytes"].documentation == m.HELP[B + "host_data_uploaded_bytes"]
 
 
 def test_backup_failure_pushes_success_gauges_as_zero(gateway):
@@ -173,11 +274,11 @@ def test_backup_failure_pushes_success_gauges_as_zero(gateway):
                                                              duration_seconds=3.5))
     hl = {**invoker_labels(inv), **target_labels(), "hostname": "host-0", "job": job, "instance": ""}
     fams = group(gateway, job, hostname="host-0")
-    assert set(fams) - GATEWAY_OWN == {B + "host_backup_success"}  # Stash pushes only the success gauge
+    assert set(fams) - GATEWAY_OWN == pushed(B + "host_backup_success")  # Stash pushes only the success gauge
     check_family(fams, B + "host_backup_success", hl, 0)
     sl = {**invoker_labels(inv), "job": job, "instance": ""}
     fams = group(gateway, job)
-    assert set(fams) - GATEWAY_OWN == {B + "success", B + "target_success"}
+    assert set(fams) - GATEWAY_OWN == pushed(B + "success", B + "target_success")
     check_family(fams, B + "success", sl, 0)
     check_family(fams, B + "target_success", {**sl, **target_labels()}, 0)
 
@@ -191,7 +292,7 @@ def test_failure_after_success_keeps_last_figures_add_semantics(gateway):
     fams = group(gateway, job, hostname="host-0")
     assert only(fams[B + "host_backup_success"])[1] == 0
     # POST replaced only the success gauge: the last good backup's figures stay
-    assert set(fams) - GATEWAY_OWN == HOST_BACKUP
+    assert set(fams) - GATEWAY_OWN == pushed(*HOST_BACKUP)
     assert only(fams[B + "host_data_size_bytes"])[1] == 50_000_000
 
 
@@ -242,13 +343,13 @@ def test_restore_success_and_failure(gateway):
                                                               duration_seconds=30))
     hl = {**invoker_labels(inv), **target_labels(), "hostname": "host-0", "job": job, "instance": ""}
     fams = group(gateway, job, hostname="host-0")
-    assert set(fams) - GATEWAY_OWN == {R + "host_restore_success", R + "host_restore_duration_seconds"}
+    assert set(fams) - GATEWAY_OWN == pushed(R + "host_restore_success", R + "host_restore_duration_seconds")
     check_family(fams, R + "host_restore_success", hl, 1)
     check_family(fams, R + "host_restore_duration_seconds", hl, 14.5)
     sl = {**invoker_labels(inv), "job": job, "instance": ""}
     fams = group(gateway, job)
-    assert set(fams) - GATEWAY_OWN == {R + n for n in ("success", "duration_seconds", "target_count_total",
-                                                       "target_success", "target_host_count_total")}
+    assert set(fams) - GATEWAY_OWN == pushed(*(R + n for n in ("success", "duration_seconds", "target_count_total",
+                                                                "target_success", "target_host_count_total")))
     check_family(fams, R + "success", sl, 1)
     check_family(fams, R + "duration_seconds", sl, 30)
     check_family(fams, R + "target_count_total", sl, 1)
@@ -282,8 +383,8 @@ def test_repository_metrics(gateway):
               "repository": "gcs-repo", "name": "gcs-repo", "namespace": "stash-repos", "backend": "gcs",
               "bucket": "backups", "prefix": "demo/pg", "job": job, "instance": ""}
     fams = group(gateway, job)
-    assert set(fams) - GATEWAY_OWN == {REPO + n for n in ("integrity", "size_bytes", "snapshot_count",
-                                                          "snapshot_cleaned")}
+    assert set(fams) - GATEWAY_OWN == pushed(*(REPO + n for n in ("integrity", "size_bytes", "snapshot_count",
+                                                                   "snapshot_cleaned")))
     check_family(fams, REPO + "integrity", labels, 1)
     check_family(fams, REPO + "size_bytes", labels, 987_654_321)
     check_family(fams, REPO + "snapshot_count", labels, 3)

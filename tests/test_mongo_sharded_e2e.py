@@ -14,9 +14,9 @@ production code: ``driver_for`` (AppBinding + Secret -> MongoDriver), the multi-
 mongodump's archive format, the oplog), the restores, the repository writer, the session executor and the CLI.
 
 The runs are therefore in this process: the flows through the library (``run_backup``/``run_restore``), the
-sessions through the CLI's own entry point (``stash_runner.cli.main.main``) against the fake Kubernetes API server
-(tests/kubeapi.py) over real HTTP. A subprocess could not see the double, and a switch that would reach one (an
-environment variable, a flag) would be a production hook that only tests use.
+sessions through the CLI's own entry point (``stash_runner.cli.main.main``) against a real kube-apiserver
+(tests/kubecluster.py). A subprocess could not see the double, and a switch that would reach one (an environment
+variable, a flag) would be a production hook that only tests use.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ from stash_runner.stash.resolve import driver_for, storage_from_repository
 
 from . import mongoservers
 from .helpers import b64, objects_yaml, restic
-from .kubeapi import KubeAPIServer
+from .kubecluster import Namespace
 from .mongoservers import MongoPeer
 
 NS = "demo"
@@ -478,12 +478,6 @@ def test_restore_choose_takes_an_older_snapshot_for_one_member(cluster, rec, rep
 
 # -- 4. sessions -------------------------------------------------------------------------------------------------
 
-@pytest.fixture
-def kube() -> Iterator[KubeAPIServer]:
-    with KubeAPIServer() as server:
-        yield server
-
-
 def backup_configuration() -> dict:
     return {"apiVersion": "stash.appscode.com/v1beta1", "kind": "BackupConfiguration",
             "metadata": {"name": "mongo-backup", "namespace": NS},
@@ -508,7 +502,7 @@ def restore_session(name: str, rules: list[dict]) -> dict:
                                         "name": APPBINDING}, "rules": rules}}}
 
 
-def seed(kube: KubeAPIServer, tmp_path, repo_dir: str, cluster: Cluster, *objs: dict,
+def seed(kube: Namespace, tmp_path, repo_dir: str, cluster: Cluster, *objs: dict,
          members: dict[str, MongoPeer] | None = None) -> str:
     kube.load_fixtures(write_objects(tmp_path, repo_dir, cluster, *objs, name="kube-objects.yaml", members=members))
     return kube.kubeconfig(str(tmp_path / "kubeconfig"))
@@ -534,15 +528,15 @@ def run_cli(*args: str) -> int:
         logging.getLogger("stash_runner").setLevel(logging.NOTSET)
 
 
-def status_of(kube: KubeAPIServer, plural: str, name: str) -> dict:
-    return kube.get(*STASH, plural, NS, name)["status"]
+def status_of(kube: Namespace, plural: str, name: str) -> dict:
+    return kube.get(*STASH, plural, name)["status"]
 
 
 def test_backup_session_reports_three_hosts(cluster, rec, kube, repo_dir, tmp_path):
     fill(cluster, 1)
     kc = seed(kube, tmp_path, repo_dir, cluster, backup_configuration(), backup_session("s1"))
     out = tmp_path / "out"
-    assert run_cli("backup", "--backupsession", "s1", "--namespace", NS, "--kubeconfig", kc,
+    assert run_cli("backup", "--backupsession", "s1", "--namespace", kube.name, "--kubeconfig", kc,
                    "--output-dir", str(out)) == 0
 
     snaps = {s["hostname"]: s for s in snapshots(repo_dir)}
@@ -561,8 +555,8 @@ def test_backup_session_reports_three_hosts(cluster, rec, kube, repo_dir, tmp_pa
     # the last host's write ran the post-backup actions once
     assert target["postBackupActions"] == ["ApplyRetentionPolicy", "VerifyRepositoryIntegrity",
                                            "SendRepositoryMetrics"]
-    reasons = sorted(e["reason"] for e in kube.list_objects("", "v1", "events", NS))
-    assert reasons == ["BackupSessionSucceeded"] + ["HostBackupSucceeded"] * 3
+    reasons = sorted(e["reason"] for e in kube.events())
+    assert reasons == ["Host Backup Succeeded"] * 3
 
     doc = json.loads((out / "output.json").read_text())
     assert doc["statusReported"] is True and doc["targetStatus"]["ref"]["name"] == APPBINDING
@@ -577,7 +571,7 @@ def test_backup_session_with_a_failing_member_is_failed(cluster, rec, kube, repo
               members={"host-1": doomed})
     doomed.stop()
     out = tmp_path / "out"
-    assert run_cli("backup", "--backupsession", "s1", "--namespace", NS, "--kubeconfig", kc,
+    assert run_cli("backup", "--backupsession", "s1", "--namespace", kube.name, "--kubeconfig", kc,
                    "--output-dir", str(out)) == 6
 
     st = status_of(kube, "backupsessions", "s1")
@@ -594,8 +588,8 @@ def test_backup_session_with_a_failing_member_is_failed(cluster, rec, kube, repo
     restic(repo_dir, "check", "--read-data")
     assert sorted(s["hostname"] for s in snapshots(repo_dir)) == ["confighost", "host-0"]
     assert rec.events[-1] == ("cleanup", "HostsFailed")
-    reasons = sorted(e["reason"] for e in kube.list_objects("", "v1", "events", NS))
-    assert reasons == ["BackupSessionFailed", "HostBackupFailed", "HostBackupSucceeded", "HostBackupSucceeded"]
+    reasons = sorted(e["reason"] for e in kube.events())
+    assert reasons == ["Host Backup Failed", "Host Backup Succeeded", "Host Backup Succeeded"]
 
 
 def test_restore_session_restores_every_member_with_its_rule(cluster, rec, kube, repo_dir, tmp_path):
@@ -614,7 +608,7 @@ def test_restore_session_restores_every_member_with_its_rule(cluster, rec, kube,
     rules = [{"targetHosts": ["host-1"], "snapshots": [f"repo-{old['host-1'].short_id}"]}]
     kc = seed(kube, tmp_path, repo_dir, cluster, restore_session("r1", rules))
     out = tmp_path / "out"
-    assert run_cli("restore", "--restoresession", "r1", "--namespace", NS, "--kubeconfig", kc,
+    assert run_cli("restore", "--restoresession", "r1", "--namespace", kube.name, "--kubeconfig", kc,
                    "--output-dir", str(out)) == 0
 
     st = status_of(kube, "restoresessions", "r1")
@@ -624,8 +618,8 @@ def test_restore_session_restores_every_member_with_its_rule(cluster, rec, kube,
     assert sorted(h["hostname"] for h in doc["targetStatus"]["stats"]) == sorted(HOSTS)
     assert snapshot_of(cluster) == {"confighost": gen2["confighost"], "host-0": gen2["host-0"],
                                     "host-1": gen1["host-1"]}
-    reasons = sorted(e["reason"] for e in kube.list_objects("", "v1", "events", NS))
-    assert reasons == ["HostRestoreSucceeded"] * 3 + ["RestoreSessionSucceeded"]
+    reasons = sorted(e["reason"] for e in kube.events())
+    assert reasons == ["Host Restore Succeeded"] * 3
 
 
 def test_restore_session_with_a_fallback_rule(cluster, rec, kube, repo_dir, tmp_path):
@@ -642,7 +636,7 @@ def test_restore_session_with_a_fallback_rule(cluster, rec, kube, repo_dir, tmp_
         wipe(peer)
     rules = [{"targetHosts": ["host-0"], "snapshots": [old["host-0"].id]}, {"snapshots": ["latest"]}]
     kc = seed(kube, tmp_path, repo_dir, cluster, restore_session("r2", rules))
-    assert run_cli("restore", "--restoresession", "r2", "--namespace", NS, "--kubeconfig", kc) == 0
+    assert run_cli("restore", "--restoresession", "r2", "--namespace", kube.name, "--kubeconfig", kc) == 0
     st = status_of(kube, "restoresessions", "r2")
     assert st["phase"] == "Succeeded" and st["totalHosts"] == 3 and len(st["stats"]) == 3
     assert snapshot_of(cluster) == {"confighost": gen2["confighost"], "host-0": gen1["host-0"],

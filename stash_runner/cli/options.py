@@ -8,6 +8,7 @@ import click
 
 from backends.retry import RetryPolicy
 from drivers import DriverOptions
+from stash_runner.errors import BadInput
 from stash_runner.maintenance.retention import Policy
 from stash_runner.stash import metrics
 from stash_runner.stash.sessions import Retention
@@ -26,18 +27,22 @@ def objects_options(f: Callable) -> Callable:
 def report_options(f: Callable) -> Callable:
     """Stash's metrics flags: where the Pushgateway is, the job and extra labels."""
     opts = [
-        click.option("--metrics-enabled", default="true", show_default=True,
-                     help="Push metrics when a Pushgateway is known (true/false)."),
+        bool_option("--metrics-enabled", "true", "Push metrics when a Pushgateway is known (true/false)."),
         click.option("--metrics-pushgateway-url", default="",
                      help=f"Pushgateway URL (default: ${metrics.ENV_PUSHGATEWAY_URL}; none: no metrics)."),
         click.option("--prom-job-name", default="", envvar="PROMETHEUS_JOB_NAME",
                      help="Job to push under (default: <lower(invokerKind)>-<namespace>-<invokerName>)."),
         click.option("--metrics-labels", multiple=True, help="Extra labels key=value (comma-separated; repeatable)."),
-        click.option("--invoker-kind", default="", help="Accepted for Stash's Functions; read from the session."),
-        click.option("--invoker-name", default="", help="Accepted for Stash's Functions; read from the session."),
+        click.option("--invoker-kind", default="",
+                     help="Stash's INVOKER_KIND: BackupConfiguration, BackupBatch or RestoreSession (the session "
+                          "names its invoker; update-status checks this against it)."),
+        click.option("--invoker-name", default="",
+                     help="Stash's INVOKER_NAME (update-status: checked against the session; with "
+                          "--invoker-kind=RestoreSession, the RestoreSession to report to)."),
         click.option("--target-kind", default="", help="Kind of the target to report (default: from the session)."),
         click.option("--target-name", default="", help="Name of the target to report (Stash's TARGET_NAME)."),
-        click.option("--target-namespace", default="", hidden=True),
+        click.option("--target-namespace", default="",
+                     help="Namespace of the target (Stash's TARGET_NAMESPACE; update-status checks it)."),
     ]
     for opt in reversed(opts):
         f = opt(f)
@@ -153,19 +158,44 @@ def stash_flags(f: Callable) -> Callable:
         click.option("--storage-secret-namespace", default=""),
         click.option("--secret-dir", default="", help="Directory where the storage Secret is mounted."),
         click.option("--max-connections", default=0, type=int),
-        click.option("--insecure-tls", default="false"),
-        click.option("--enable-cache", default="false", help="Accepted for compatibility; no cache is kept."),
+        bool_option("--insecure-tls", "false", "Skip verifying the storage's TLS certificate (true/false)."),
+        bool_option("--enable-cache", "false", "Accepted and ignored: no restic cache is kept."),
         click.option("--hostname", default="host-0", show_default=True),
         click.option("--output-dir", default="", help="Write output.json here."),
         click.option("--kubeconfig", default=""),
-        click.option("--master", default="", hidden=True),
-        click.option("--license-apiservice", default="", hidden=True),
+        click.option("--master", default="", callback=_no_master, expose_value=False,
+                     help="Accepted when empty; give the API server in --kubeconfig instead."),
+        click.option("--license-apiservice", default="",
+                     help="Accepted and ignored: stash-runner checks no license."),
         click.option("--objects", "objects", multiple=True, type=click.Path(), help="Files with the objects."),
         click.option("--namespace", default="default", show_default=True),
     ]
     for opt in reversed(opts):
         f = opt(f)
     return storage_options(f)
+
+
+def bool_option(name: str, default: str, help: str) -> Callable:
+    """A true/false flag as Stash's (cobra) Functions pass it: ``--flag=true``, ``--flag=false``, or bare
+    ``--flag`` for true; an empty value (``${VAR:=}``) is false."""
+    return click.option(name, default=default, is_flag=False, flag_value="true", show_default=True, help=help)
+
+
+def _no_master(ctx: click.Context, param: click.Parameter, value: str) -> None:
+    # The address overrides the kubeconfig's in Stash; silently talking to another server would be worse than
+    # refusing.
+    if value:
+        raise BadInput(f"--master={value}: not supported by this version; give the API server in --kubeconfig")
+
+
+def one_of(kw: dict, *names: str) -> str:
+    """The value of one flag Stash spelled differently across releases (e.g. --backupsession and v0.9's
+    --backup-session): any spelling may give it, but two that disagree are an error naming both."""
+    given = {name: kw.get(name) or "" for name in names if kw.get(name)}
+    if len(set(given.values())) > 1:
+        raise BadInput(" and ".join(f"--{n.replace('_', '-')}={v}" for n, v in given.items())
+                       + " disagree: they are spellings of one flag")
+    return next(iter(given.values()), "")
 
 
 def truthy(value: str) -> bool:

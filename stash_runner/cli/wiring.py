@@ -66,12 +66,15 @@ def flags_storage_and_driver(source: ObjectSource, kw: dict, opts: DriverOptions
                        kw["appbinding"], opts)
 
 
-def session_storage(source: ObjectSource, kw: dict) -> StorageOpener:
-    """A session's Repository: from Stash's storage flags when the Function passes them, else by name."""
-    if kw.get("provider"):
+def session_storage(source: ObjectSource, kw: dict, repository_flag: bool = True) -> StorageOpener:
+    """A session's Repository: from Stash's storage flags when the Function passes them with the storage Secret
+    (by name or mounted), else the Repository object by name (Stash v0.18's update-status passed the location
+    but took the Secret from the Repository). ``repository_flag``: a --repository flag names it (backup and
+    restore); update-status has checked that flag against the session's and opens the session's."""
+    if kw.get("provider") and (kw.get("storage_secret_name") or kw.get("secret_dir")):
         return lambda ns, name: flags_storage(source, kw, ns, name)
     policy = retry_policy(kw["backend_retries"], kw["backend_timeout"])
-    if kw.get("repository"):  # a --repository flag wins over the invoker's
+    if repository_flag and kw.get("repository"):  # a --repository flag wins over the invoker's
         return lambda ns, name: storage_from_repository(source, kw["namespace"], kw["repository"], policy)
     return lambda ns, name: storage_from_repository(source, ns, name, policy)
 

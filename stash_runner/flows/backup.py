@@ -47,6 +47,11 @@ class BackupPlan:
     post_actions: bool = False
     #: told the host names once the driver has named them, before any dump starts (a session's totalHosts)
     on_hosts: Callable[[list[str]], None] | None = field(default=None, repr=False)
+    #: asked when there is no repository: True when another run creates it and it now exists (a BackupBatch
+    #: member waits for the member the operator gave the initialisation), False when this run is to create it
+    await_repository: Callable[[], bool] | None = field(default=None, repr=False)
+    #: told right after this run created the repository
+    on_initialised: Callable[[], None] | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -77,10 +82,14 @@ def run_backup(plan: BackupPlan) -> BackupOutcome:
     # repository only once the database is known to be there: bad input never writes anything.
     repo = open_or_none(plan.backend, plan.password)
     plan.driver.wait_ready(plan.wait_timeout)
+    if repo is None and plan.await_repository is not None and plan.await_repository():
+        repo = Repository.open(plan.backend, plan.password)
     initialized = repo is None
     if repo is None:
         repo = Repository.init(plan.backend, plan.password)
         log.info("initialised a new repository at %s", plan.backend.location)
+        if plan.on_initialised is not None:
+            plan.on_initialised()
     repo.load_index()
     with RepositoryLock(repo, wait=plan.lock_wait), plan.driver.backup_hosts(plan.hostname) as hosts:
         if plan.on_hosts is not None:

@@ -32,6 +32,7 @@ from .output import REPORTED, HostResult, SnapshotStats, read_output, write_outp
 from .reporting import BackupReporter, Pusher, RestoreReporter, StatusWriter
 from .resolve import Storage, driver_for
 from .sessions import (
+    BACKUP_INVOKERS,
     BackupInvoker,
     BackupTarget,
     ObjectRef,
@@ -161,8 +162,8 @@ def backup_session(rep: Reporting, namespace: str, name: str, settings: BackupSe
                 recorded = all([reporter.fail(h) for h in hosts])
                 reported = True
                 if settings.output_dir:
-                    write_output(settings.output_dir, target.ref.name, hosts,
-                                 reported=recorded and rep.writer is not None, ref=target.ref.json())
+                    write_output(settings.output_dir, target.ref.name, hosts, reported=recorded,
+                                 ref=target.ref.json())
                 raise
             try:
                 run_post = False
@@ -170,11 +171,16 @@ def backup_session(rep: Reporting, namespace: str, name: str, settings: BackupSe
                     run_post = reporter.host_done(host, initialized=outcome.initialized) or run_post
                 reported = True
                 if settings.output_dir:
-                    # after the status write: "statusReported" must never claim a write that did not happen
-                    write_output(settings.output_dir, target.ref.name, hosts, reported=rep.writer is not None,
+                    # After the status write, and marked only when nothing is left for an update-status step:
+                    # the post-backup actions, when they fall to this run, are marked done once they ran.
+                    write_output(settings.output_dir, target.ref.name, hosts, reported=not run_post,
                                  ref=target.ref.json())
                 if run_post:
-                    _post_backup(reporter, invoker, settings, outcome.repo, storage)
+                    post = _post_backup(reporter, invoker, settings, outcome.repo, storage)
+                    if settings.output_dir:
+                        write_output(settings.output_dir, target.ref.name, hosts, post.repository_json(),
+                                     reported=True, ref=target.ref.json())
+                    _raise_post_backup_errors(post)
             finally:
                 storage.close()
         return hosts
@@ -183,8 +189,8 @@ def backup_session(rep: Reporting, namespace: str, name: str, settings: BackupSe
             failed = HostResult(settings.hostname, FAILED, time.monotonic() - started, describe(e))
             recorded = reporter.fail(failed)
             if settings.output_dir and reporter.target_ref is not None:
-                write_output(settings.output_dir, reporter.target_ref["name"], failed,
-                             reported=recorded and rep.writer is not None, ref=reporter.target_ref)
+                write_output(settings.output_dir, reporter.target_ref["name"], failed, reported=recorded,
+                             ref=reporter.target_ref)
         raise
 
 
@@ -218,7 +224,8 @@ def _backup_target(source: ObjectSource, invoker: BackupInvoker, target: BackupT
                           hostname=settings.hostname, tags=settings.tags,
                           wait_timeout=_wait_timeout(settings.wait_timeout, target.params, invoker.ref),
                           compression_level=settings.compression_level, workers=settings.workers,
-                          lock_wait=settings.lock_wait, on_hosts=reporter.set_hosts)
+                          lock_wait=settings.lock_wait, on_hosts=reporter.set_hosts,
+                          await_repository=reporter.await_repository, on_initialised=reporter.repository_initialised)
         outcome = run_backup(plan)
     except BaseException:
         storage.close()
@@ -230,8 +237,9 @@ def _backup_target(source: ObjectSource, invoker: BackupInvoker, target: BackupT
 
 
 def _post_backup(reporter: BackupReporter, invoker: BackupInvoker, settings: BackupSettings, repo: Repository,
-                 storage: Storage) -> None:
-    """Retention, integrity check and repository figures, once per session; a failure fails the run."""
+                 storage: Storage) -> PostBackup:
+    """Retention, integrity check and repository figures, once per session, and their verdicts reported; the
+    caller fails the run through ``_raise_post_backup_errors`` once it has recorded that they ran."""
     retention = settings.retention or invoker.retention
     repository = storage.repository
     assert repository is not None, "the StorageOpener names the Repository"
@@ -244,6 +252,10 @@ def _post_backup(reporter: BackupReporter, invoker: BackupInvoker, settings: Bac
         reporter.post_backup_done(post, repository)
         raise
     reporter.post_backup_done(post, repository)
+    return post
+
+
+def _raise_post_backup_errors(post: PostBackup) -> None:
     if post.errors:
         first = next(iter(post.errors.values()))
         raise type(first)("the snapshot was saved, but the post-backup actions failed: "
@@ -308,7 +320,7 @@ def restore_session(rep: Reporting, namespace: str, name: str, settings: Restore
                 recorded = all([reporter.fail(h) for h in hosts])
                 reported = True
                 if settings.output_dir:
-                    write_output(settings.output_dir, appbinding, hosts, reported=recorded and rep.writer is not None)
+                    write_output(settings.output_dir, appbinding, hosts, reported=recorded)
                 raise
             finally:
                 if drv is not None:
@@ -320,7 +332,7 @@ def restore_session(rep: Reporting, namespace: str, name: str, settings: Restore
             reporter.host_done(host)
         reported = True
         if settings.output_dir:
-            write_output(settings.output_dir, appbinding, hosts, reported=rep.writer is not None)
+            write_output(settings.output_dir, appbinding, hosts, reported=True)
         return hosts
     except (RunnerError, Interrupted, KeyboardInterrupt) as e:
         if reported:
@@ -328,7 +340,7 @@ def restore_session(rep: Reporting, namespace: str, name: str, settings: Restore
         failed = HostResult(settings.hostname, FAILED, time.monotonic() - started, describe(e))
         recorded = reporter.fail(failed)
         if settings.output_dir and appbinding:
-            write_output(settings.output_dir, appbinding, failed, reported=recorded and rep.writer is not None)
+            write_output(settings.output_dir, appbinding, failed, reported=recorded)
         raise
 
 
@@ -353,38 +365,132 @@ def _restore_pick(session: RestoreSession, settings: RestoreSettings, hostname: 
 
 # -- update-status ---------------------------------------------------------------------------
 
+#: the restore invoker an update-status step can report to (Stash's RestoreBatch is not read by this version)
+RESTORE_INVOKERS = ("RestoreSession",)
+
+
+@dataclass(frozen=True)
+class SessionToUpdate:
+    kind: str  # BackupSession | RestoreSession
+    name: str
+
+
+def session_to_update(backupsession: str, restoresession: str = "", invoker_kind: str = "",
+                      invoker_name: str = "") -> SessionToUpdate:
+    """The session an update-status step reports to, chosen as Stash's does: the BackupSession when
+    --backupsession is given, else the restore invoker (the operator passes ``--backupsession=`` and names the
+    RestoreSession by --invoker-kind/--invoker-name; --restoresession is our own and older Stash's spelling).
+    Flags that contradict each other are a BadInput naming them."""
+    known = (*BACKUP_INVOKERS, *RESTORE_INVOKERS)
+    if invoker_kind == "RestoreBatch":
+        raise BadInput("--invoker-kind=RestoreBatch: this version restores through a RestoreSession only")
+    if invoker_kind and invoker_kind not in known:
+        raise BadInput(f"--invoker-kind={invoker_kind}: not an invoker kind (one of: {', '.join(known)})")
+    if backupsession:
+        if restoresession:
+            raise BadInput(f"--backupsession={backupsession} together with --restoresession={restoresession}: "
+                           "give one")
+        if invoker_kind in RESTORE_INVOKERS:
+            raise BadInput(f"--backupsession={backupsession} together with --invoker-kind={invoker_kind}"
+                           f"{' --invoker-name=' + invoker_name if invoker_name else ''}: a BackupSession's invoker "
+                           f"is a {' or '.join(BACKUP_INVOKERS)}")
+        return SessionToUpdate("BackupSession", backupsession)
+    if invoker_kind in BACKUP_INVOKERS:
+        raise BadInput(f"--invoker-kind={invoker_kind} needs --backupsession (an empty one means a restore)")
+    named = invoker_name if invoker_kind in RESTORE_INVOKERS else ""
+    if restoresession and named and restoresession != named:
+        raise BadInput(f"--restoresession={restoresession} and --invoker-kind={invoker_kind} "
+                       f"--invoker-name={named} name different RestoreSessions")
+    if not (restoresession or named):
+        raise BadInput("update-status: no session: give --backupsession, or --invoker-kind=RestoreSession "
+                       "--invoker-name (or --restoresession)")
+    return SessionToUpdate("RestoreSession", restoresession or named)
+
+
 @dataclass
 class UpdateStatusSettings:
     output_dir: str
+    #: Stash's --target-*: which target of the invoker (default: output.json's), checked against the session
     target_name: str = ""
     target_kind: str = ""
+    target_namespace: str = ""
+    #: Stash's --invoker-kind/--invoker-name: checked against the BackupSession's spec.invoker
+    invoker_kind: str = ""
+    invoker_name: str = ""
+    #: older Stash's --repository/--repo-name (--repo-namespace): must be the invoker's Repository
+    repository: str = ""
+    repository_namespace: str = ""
     lock_wait: float = 300.0
     retention: Retention | None = None
 
 
-def _step_output(output_dir: str, step: str) -> tuple[list[HostResult], dict | None]:
-    """The hosts of the ``step``'s (backup or restore) output.json, and the document; None for it when the step
-    already wrote the status (nothing is left to report)."""
+def _check_repository(settings: UpdateStatusSettings, namespace: str, name: str, repo_namespace: str,
+                      owner: str) -> None:
+    """The Repository is the invoker's; a flag naming another is a miswired Function, not a choice."""
+    if not settings.repository:
+        return
+    flag_ns = settings.repository_namespace or namespace
+    if (flag_ns, settings.repository) != (repo_namespace, name):
+        raise BadInput(f"--repository/--repo-name {flag_ns}/{settings.repository}: {owner} uses Repository "
+                       f"{repo_namespace}/{name}")
+
+
+def _check_target(settings: UpdateStatusSettings, ref: ObjectRef, namespace: str, owner: str) -> None:
+    ns = ref.namespace or namespace
+    for flag, want, have in (("--target-kind", settings.target_kind, ref.kind),
+                             ("--target-name", settings.target_name, ref.name),
+                             ("--target-namespace", settings.target_namespace, ns)):
+        if want and want != have:
+            raise BadInput(f"{flag}={want}: the target of {owner} is {ref.kind} {ns}/{ref.name}")
+
+
+def _backup_target_for(invoker: BackupInvoker, settings: UpdateStatusSettings, doc: dict) -> BackupTarget:
+    """The invoker's target this output belongs to: --target-name/--target-kind, else output.json's ref."""
+    name = settings.target_name or ((doc["targetStatus"].get("ref") or {}).get("name") or "")
+    try:
+        target = invoker.target(name, settings.target_kind)
+    except BadInput as e:
+        flag = f"--target-name={settings.target_name}" if settings.target_name else \
+            f"--target-kind={settings.target_kind}" if settings.target_kind else ""
+        if flag:
+            raise BadInput(f"{flag}: {e}") from None
+        raise
+    _check_target(settings, target.ref, invoker.namespace, invoker.ref)
+    return target
+
+
+def _step_output(output_dir: str) -> tuple[list[HostResult], dict, bool]:
+    """The hosts of the ``step``'s (backup or restore) output.json, the document, and whether the step already
+    did everything (the marker: nothing is left to report or run)."""
     doc = read_output(output_dir)
-    hosts = [HostResult.from_json(h) for h in doc["targetStatus"]["stats"]]
-    if doc.get(REPORTED):
-        log.info("%s: the %s step already wrote the status; nothing to do", output_dir, step)
-        return hosts, None
-    return hosts, doc
+    return [HostResult.from_json(h) for h in doc["targetStatus"]["stats"]], doc, bool(doc.get(REPORTED))
+
+
+def _nothing_to_do(output_dir: str, step: str) -> None:
+    log.info("%s: the %s step already reported and ran its post-backup actions; nothing to do", output_dir, step)
 
 
 def update_backup_status(rep: Reporting, namespace: str, name: str, settings: UpdateStatusSettings,
                          open_storage: StorageOpener) -> list[HostResult]:
     """Stash's update-status for a BackupSession: output.json's hosts into status, then (once per session)
-    the post-backup actions. Returns the hosts; the caller fails the run when one of them failed."""
-    hosts, doc = _step_output(settings.output_dir, "backup")
-    if doc is None:
-        return hosts
+    the post-backup actions. Returns the hosts; the caller fails the run when one of them failed.
+
+    The flags are checked against the session first, also when the step already reported: a Function
+    that names another invoker, target or Repository is miswired."""
+    hosts, doc, done = _step_output(settings.output_dir)
     session = read_backup_session(rep.source, namespace, name)
-    reporter = BackupReporter(rep.writer, session, rep.pusher(session.invoker_kind, session.invoker_name, namespace))
+    for flag, want, have in (("--invoker-kind", settings.invoker_kind, session.invoker_kind),
+                             ("--invoker-name", settings.invoker_name, session.invoker_name)):
+        if want and want != have:
+            raise BadInput(f"{flag}={want}: {session.ref} is invoked by {session.invoker_kind} "
+                           f"{session.invoker_name}")
     invoker = session.invoker(rep.source)
-    ref_name = settings.target_name or ((doc["targetStatus"].get("ref") or {}).get("name") or "")
-    target = invoker.target(ref_name, settings.target_kind)
+    _check_repository(settings, namespace, invoker.repository, invoker.repository_namespace, invoker.ref)
+    target = _backup_target_for(invoker, settings, doc)
+    if done:
+        _nothing_to_do(settings.output_dir, "backup")
+        return hosts
+    reporter = BackupReporter(rep.writer, session, rep.pusher(session.invoker_kind, session.invoker_name, namespace))
     _aim(reporter, rep.source, invoker, target, namespace, total_hosts=max(1, len(hosts)))
     run_post = False
     for host in hosts:
@@ -394,19 +500,26 @@ def update_backup_status(rep: Reporting, namespace: str, name: str, settings: Up
         try:
             # post_backup reads the index itself
             repo = Repository.open(storage.backend, storage.password)
-            _post_backup(reporter, invoker, BackupSettings(lock_wait=settings.lock_wait, retention=settings.retention),
-                         repo, storage)
+            post = _post_backup(reporter, invoker, BackupSettings(lock_wait=settings.lock_wait,
+                                                                  retention=settings.retention), repo, storage)
         finally:
             storage.close()
+        _raise_post_backup_errors(post)
     return hosts
 
 
-def update_restore_status(rep: Reporting, namespace: str, name: str, output_dir: str) -> list[HostResult]:
-    """Stash's update-status for a RestoreSession: output.json's hosts into status."""
-    hosts, doc = _step_output(output_dir, "restore")
-    if doc is None:
-        return hosts
+def update_restore_status(rep: Reporting, namespace: str, name: str,
+                          settings: UpdateStatusSettings) -> list[HostResult]:
+    """Stash's update-status for a RestoreSession: output.json's hosts into status (flags checked as for a
+    backup)."""
+    hosts, _, done = _step_output(settings.output_dir)
     session = read_restore_session(rep.source, namespace, name)
+    _check_repository(settings, namespace, session.repository, session.repository_namespace, session.ref)
+    if session.target is not None:
+        _check_target(settings, session.target, session.namespace, session.ref)
+    if done:
+        _nothing_to_do(settings.output_dir, "restore")
+        return hosts
     reporter = _restore_reporter(rep, session, namespace, total_hosts=max(1, len(hosts)))
     for host in hosts:
         reporter.host_done(host)

@@ -7,7 +7,10 @@ Mirrors stash.appscode.dev/apimachinery ``pkg/metrics`` (backup.go, restore.go, 
   repository series replace ``name``/``namespace`` with the Repository's and add ``backend, bucket, prefix``;
 * a failure pushes only the success gauge, as 0 (the other gauges keep their last pushed values);
 * pushes are ``pushadd`` (HTTP POST: replace only the pushed metric names in the group) to the job
-  ``<lower(invokerKind)>-<namespace>-<invokerName>``.
+  ``<lower(invokerKind)>-<namespace>-<invokerName>``;
+* every ``stash_appscode_com_*`` series goes out twice, in the same push: also under its legacy
+  ``stash_backup_*`` / ``stash_restore_*`` / ``stash_repository_*`` name (``LEGACY``), as Stash's
+  ``export*LegacyMetrics`` do.
 
 Every builder returns a fresh ``CollectorRegistry``: nothing global, so one process can push for
 several invokers. ``push`` never raises: a Pushgateway that is down must not fail a good backup.
@@ -85,6 +88,46 @@ HELP: dict[str, str] = {
     _RESTORE + "host_restore_duration_seconds": "Indicates the total time taken to complete the restore process "
                                                 "for a host",
 }
+
+# New-style name -> the legacy name Stash pushes beside it, with the same labels, value and help text.
+# From stash.appscode.dev/apimachinery pkg/metrics: backup.go (legacyBackupSessionMetrics,
+# legacyBackupTargetMetrics, legacyBackupHostMetrics: Namespace "stash", Subsystem "backup"), restore.go
+# (legacyRestore*Metrics: "stash"/"restore") and repository.go (legacyRepositoryMetrics: "stash"/"repository").
+# Dashboards and alerts written before the stash_appscode_com_ names still read these.
+_OLD_BACKUP = "stash_backup_"
+_OLD_RESTORE = "stash_restore_"
+_OLD_REPO = "stash_repository_"
+LEGACY: dict[str, str] = {
+    _BACKUP + "success": _OLD_BACKUP + "session_success",
+    _BACKUP + "duration_seconds": _OLD_BACKUP + "session_duration_seconds",
+    _BACKUP + "target_count_total": _OLD_BACKUP + "target_count_total",
+    _BACKUP + "last_success_time_seconds": _OLD_BACKUP + "last_success_time_seconds",
+    _BACKUP + "target_success": _OLD_BACKUP + "target_success",
+    _BACKUP + "target_host_count_total": _OLD_BACKUP + "target_host_count_total",
+    _BACKUP + "target_last_success_time_seconds": _OLD_BACKUP + "target_last_success_time_seconds",
+    _BACKUP + "host_backup_success": _OLD_BACKUP + "host_backup_success",
+    _BACKUP + "host_backup_duration_seconds": _OLD_BACKUP + "host_backup_duration_seconds",
+    _BACKUP + "host_data_size_bytes": _OLD_BACKUP + "host_data_size_bytes",
+    _BACKUP + "host_data_uploaded_bytes": _OLD_BACKUP + "host_data_uploaded_bytes",
+    _BACKUP + "host_data_processing_time_seconds": _OLD_BACKUP + "host_data_processing_time_seconds",
+    _BACKUP + "host_files_total": _OLD_BACKUP + "host_files_total",
+    _BACKUP + "host_files_new": _OLD_BACKUP + "host_files_new",
+    _BACKUP + "host_files_modified": _OLD_BACKUP + "host_files_modified",
+    _BACKUP + "host_files_unmodified": _OLD_BACKUP + "host_files_unmodified",
+    _REPO + "integrity": _OLD_REPO + "integrity",
+    _REPO + "size_bytes": _OLD_REPO + "size_bytes",
+    _REPO + "snapshot_count": _OLD_REPO + "snapshot_count",
+    _REPO + "snapshot_cleaned": _OLD_REPO + "snapshot_cleaned",
+    _RESTORE + "success": _OLD_RESTORE + "session_success",
+    _RESTORE + "duration_seconds": _OLD_RESTORE + "session_duration_seconds",
+    _RESTORE + "target_count_total": _OLD_RESTORE + "target_count_total",
+    _RESTORE + "target_success": _OLD_RESTORE + "target_success",
+    _RESTORE + "target_host_count_total": _OLD_RESTORE + "target_host_count_total",
+    _RESTORE + "host_restore_success": _OLD_RESTORE + "host_restore_success",
+    _RESTORE + "host_restore_duration_seconds": _OLD_RESTORE + "host_restore_duration_seconds",
+}
+# Stash gives each legacy gauge the help text of its new-style twin, word for word.
+HELP.update({old: HELP[new] for new, old in LEGACY.items()})
 
 _LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 
@@ -209,11 +252,14 @@ class _Gauges:
         self._families: dict[str, Metric] = {}
 
     def set(self, name: str, labels: Mapping[str, str], value: float) -> None:
-        family = self._families.get(name)
-        if family is None:
-            family = self._families[name] = Metric(name, HELP[name], "gauge")
+        """One sample of ``name`` and the same sample of its legacy twin (``LEGACY``), as Stash pushes both."""
         # An empty label value is the same as no label to Prometheus: leave it out.
-        family.add_sample(name, {k: v for k, v in labels.items() if v != ""}, float(value))
+        sample_labels = {k: v for k, v in labels.items() if v != ""}
+        for series in (name, LEGACY[name]):
+            family = self._families.get(series)
+            if family is None:
+                family = self._families[series] = Metric(series, HELP[series], "gauge")
+            family.add_sample(series, sample_labels, float(value))
 
     def collect(self) -> list[Metric]:
         return list(self._families.values())

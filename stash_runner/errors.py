@@ -85,6 +85,12 @@ class ClusterAccessDenied(ClusterError):
     exit_code = 10
 
 
+class HookFailed(RunnerError):
+    """A pre/post hook failed (its handler's answer, exit code or connection error is in the message)."""
+
+    exit_code = 11
+
+
 class HostsFailed(RunnerError):
     """Some hosts of a multi-host backup or restore failed; the others finished (``results``). The exit code is
     the first failure's."""

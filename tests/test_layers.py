@@ -21,6 +21,7 @@ LAYERS = [
     ("stash_runner.restic", 2),
     ("stash_runner.maintenance", 3),
     ("stash_runner.flows", 4),
+    ("stash_runner.hooks", 4),
     ("stash_runner.stash", 5),
     ("stash_runner.cli", 6),
     ("stash_runner.__main__", 7),

@@ -11,7 +11,7 @@ import click
 from stash_runner import __version__
 from stash_runner.errors import Interrupted, RunnerError, one_line
 
-from . import addons, repository, run, update_status
+from . import addons, repository, run, run_hook, update_status
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -31,9 +31,9 @@ def cli(verbose: bool, quiet: bool) -> None:
         logging.getLogger(sdk).setLevel(logging.ERROR)
 
 
-for command in (run.backup, run.restore, *addons.commands(), update_status.update_status, repository.snapshots,
-                repository.dump, repository.forget, repository.prune, repository.check, repository.unlock,
-                repository.stats):
+for command in (run.backup, run.restore, *addons.commands(), update_status.update_status, run_hook.run_hook,
+                repository.snapshots, repository.dump, repository.forget, repository.prune, repository.check,
+                repository.unlock, repository.stats):
     cli.add_command(command)
 
 

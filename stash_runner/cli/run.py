@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import click
 
+from drivers import DriverOptions
+from stash_runner.errors import BadInput
 from stash_runner.restic import compression
+from stash_runner.stash import batch
 from stash_runner.stash.host import run_host
 from stash_runner.stash.output import SnapshotStats
+from stash_runner.stash.resolve import open_objects
 
 from .options import (
     driver_options,
@@ -16,11 +20,25 @@ from .options import (
     objects_options,
     report_options,
     retention_options,
+    retention_override,
     storage_options,
     tool_options,
     wait_timeout,
 )
-from .wiring import backup_host, backup_session, named_storage_and_driver, require, restore_host, restore_session
+from .wiring import (
+    backup_host,
+    backup_session,
+    named_storage_and_driver,
+    require,
+    restore_host,
+    restore_session,
+    session_storage,
+)
+
+_BATCH_HELP = ("without Stash's operator: the global and each member's hooks, the members (spec.executionOrder), "
+               "spec.timeOut{retry}; a table of the members on stdout, an output.json per member in "
+               "<--output-dir>/<member>/. No session exists for such a run, so nothing is written to the cluster "
+               "(with --kubeconfig too): hook outcomes go to the log only. exec hooks need --kubeconfig.")
 
 
 @click.command()
@@ -28,6 +46,10 @@ from .wiring import backup_host, backup_session, named_storage_and_driver, requi
 @click.option("--backupsession", default="",
               help="Run for this BackupSession: the rest comes from it and its invoker; status, Events and metrics "
                    "are reported.")
+@click.option("--backupbatch", default="",
+              help="Run this BackupBatch " + _BATCH_HELP.format(
+                  retry=", spec.retryConfig, and once every member succeeded the retention policy and an integrity "
+                        "check"))
 @click.option("--appbinding", default="", help="AppBinding of the database (with a session: which target).")
 @click.option("--repository", default="", help="Repository to back up into (with a session: its invoker's).")
 @click.option("--hostname", default="host-0", show_default=True, help="Host name recorded in the snapshot.")
@@ -45,12 +67,16 @@ from .wiring import backup_host, backup_session, named_storage_and_driver, requi
 @storage_options
 @report_options
 def backup(**kw) -> None:
-    """Dump a database into a snapshot of a repository (created if it does not exist).
+    """Dump a database into a snapshot of a repository (created if it does not exist), or run a BackupSession's
+    target, or a whole BackupBatch (--backupbatch).
 
     With --retention-keep-* the policy is applied afterwards (forget, and prune with --retention-prune),
     and the repository's size and snapshot count go into output.json.
     """
     opts = driver_options(kw, kw["backup_cmd"])
+    if kw["backupbatch"]:
+        _backup_batch(kw, opts)
+        return
     if kw["backupsession"]:
         backup_session(kw, opts, list(kw["tags"]), kw["compression_level"], kw["workers"])
         return
@@ -68,6 +94,7 @@ def backup(**kw) -> None:
 @objects_options
 @click.option("--restoresession", default="",
               help="Run for this RestoreSession: the rest comes from it; status, Events and metrics are reported.")
+@click.option("--restorebatch", default="", help="Run this RestoreBatch " + _BATCH_HELP.format(retry=""))
 @click.option("--appbinding", default="", help="AppBinding of the database to restore into.")
 @click.option("--repository", default="", help="Repository to restore from.")
 @click.option("--snapshot", default="latest", show_default=True, help="Snapshot ID (or prefix) or 'latest'.")
@@ -82,8 +109,12 @@ def backup(**kw) -> None:
 @storage_options
 @report_options
 def restore(**kw) -> None:
-    """Restore a snapshot into the database of an AppBinding."""
+    """Restore a snapshot into the database of an AppBinding, or run a RestoreSession, or a whole RestoreBatch
+    (--restorebatch)."""
     opts = driver_options(kw, purpose="restore")
+    if kw["restorebatch"]:
+        _restore_batch(kw, opts)
+        return
     if kw["restoresession"]:
         restore_session(kw, opts)
         return
@@ -95,3 +126,38 @@ def restore(**kw) -> None:
                      kw["lock_wait"])
 
     run_host(kw["output_dir"], kw["appbinding"], kw["hostname"], work)
+
+
+def _alone(kw: dict, batch_flag: str, *others: str) -> None:
+    """A batch names its members, their hosts and its repository: flags that name one of them contradict it."""
+    for name in others:
+        if kw.get(name):
+            raise BadInput(f"--{batch_flag}={kw[batch_flag]} together with --{name.replace('_', '-')}={kw[name]}: "
+                           "a batch names its members itself")
+
+
+def _backup_batch(kw: dict, opts: DriverOptions) -> None:
+    _alone(kw, "backupbatch", "backupsession", "appbinding", "target_name")
+    settings = batch.BatchBackupSettings(
+        driver=opts, wait_timeout=kw["wait_timeout"], compression_level=kw["compression_level"],
+        workers=kw["workers"], lock_wait=kw["lock_wait"], tags=list(kw["tags"]), retention=retention_override(kw),
+        output_dir=kw["output_dir"])
+    with open_objects(kw["objects"], kw["kubeconfig"]) as (source, cluster):
+        outcome = batch.backup_batch(batch.BatchContext(source, cluster, session_storage(source, kw)),
+                                     kw["namespace"], kw["backupbatch"], settings)
+    click.echo(outcome.table())
+    outcome.raise_if_failed()
+
+
+def _restore_batch(kw: dict, opts: DriverOptions) -> None:
+    _alone(kw, "restorebatch", "restoresession", "appbinding", "target_name", "source_hostname")
+    if kw["snapshot"] != "latest":
+        raise BadInput(f"--restorebatch={kw['restorebatch']} together with --snapshot={kw['snapshot']}: each member "
+                       "takes its snapshot from its rules")
+    settings = batch.BatchRestoreSettings(driver=opts, wait_timeout=kw["wait_timeout"], lock_wait=kw["lock_wait"],
+                                          output_dir=kw["output_dir"])
+    with open_objects(kw["objects"], kw["kubeconfig"]) as (source, cluster):
+        outcome = batch.restore_batch(batch.BatchContext(source, cluster, session_storage(source, kw)),
+                                      kw["namespace"], kw["restorebatch"], settings)
+    click.echo(outcome.table())
+    outcome.raise_if_failed()

@@ -17,9 +17,10 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from drivers import Driver, DriverOptions
-from stash_runner.errors import BadInput, HostsFailed, Interrupted, RunnerError, TimedOut, describe
+from stash_runner.errors import BadInput, HookFailed, HostsFailed, Interrupted, RunnerError, TimedOut, describe
 from stash_runner.flows.backup import BackupOutcome, BackupPlan, run_backup
 from stash_runner.flows.restore import RestorePlan, run_restore
+from stash_runner.hooks.spec import POST_BACKUP, POST_RESTORE, PRE_BACKUP, PRE_RESTORE, Summary
 from stash_runner.maintenance.post_backup import PostBackup, post_backup
 from stash_runner.restic import compression
 from stash_runner.restic.archiver import BackupResult
@@ -27,6 +28,7 @@ from stash_runner.restic.repository import Repository
 from stash_runner.restic.timefmt import go_duration
 
 from . import metrics
+from .hooking import HookRunner, SessionConditions, raise_if_failed, session_phase, summary
 from .objects import ObjectSource
 from .output import REPORTED, HostResult, SnapshotStats, read_output, write_output
 from .reporting import BackupReporter, Pusher, RestoreReporter, StatusWriter
@@ -34,6 +36,7 @@ from .resolve import Storage, driver_for
 from .sessions import (
     BACKUP_INVOKERS,
     BackupInvoker,
+    BackupSession,
     BackupTarget,
     ObjectRef,
     RestoreRule,
@@ -146,12 +149,20 @@ def backup_session(rep: Reporting, namespace: str, name: str, settings: BackupSe
     reporter = BackupReporter(rep.writer, session, rep.pusher(session.invoker_kind, session.invoker_name, namespace))
     started = time.monotonic()
     reported = False
+    hooks: HookRunner | None = None
+    target: BackupTarget | None = None
+    pre_hook_failed = False
     try:
         invoker = session.invoker(rep.source)
         target = invoker.target(settings.target_name)
         _aim(reporter, rep.source, invoker, target, namespace)
         reporter.started()
+        hooks = HookRunner(rep.source, rep.writer, namespace, target.ref)
         with deadline(invoker.timeout, f"{invoker.ref}: spec.timeOut"):
+            if target.hooks.pre is not None:
+                cond = hooks.run(target.hooks.pre, _backup_summary(session, target, namespace, SUCCEEDED), reporter)
+                pre_hook_failed = not cond.ok
+                raise_if_failed(cond, target.hooks.pre)  # no dump after a failed pre hook (Stash)
             try:
                 hosts, outcome, storage = _backup_target(rep.source, invoker, target, settings, open_storage,
                                                          started, reporter)
@@ -183,6 +194,9 @@ def backup_session(rep: Reporting, namespace: str, name: str, settings: BackupSe
                     _raise_post_backup_errors(post)
             finally:
                 storage.close()
+            if target.hooks.post is not None:
+                cond = hooks.run(target.hooks.post, _backup_summary(session, target, namespace, SUCCEEDED), reporter)
+                raise_if_failed(cond, target.hooks.post)  # the snapshot stays; the target is Failed (Stash)
         return hosts
     except (RunnerError, Interrupted, KeyboardInterrupt) as e:
         if not reported:
@@ -191,7 +205,19 @@ def backup_session(rep: Reporting, namespace: str, name: str, settings: BackupSe
             if settings.output_dir and reporter.target_ref is not None:
                 write_output(settings.output_dir, reporter.target_ref["name"], failed, reported=recorded,
                              ref=reporter.target_ref)
+        if (isinstance(e, RunnerError) and not isinstance(e, HookFailed) and not pre_hook_failed
+                and hooks is not None and target is not None and target.hooks.post is not None):
+            # A failed backup still runs the post hook its executionPolicy allows (OnFailure, Always, ...);
+            # an interrupted one (SIGTERM, spec.timeOut) does not.
+            hooks.run(target.hooks.post, _backup_summary(session, target, namespace, FAILED, describe(e)), reporter)
         raise
+
+
+def _backup_summary(session: BackupSession, target: BackupTarget, namespace: str, phase: str,
+                    error: str = "") -> Summary:
+    return summary(session_name=session.name, namespace=namespace, invoker_kind=session.invoker_kind,
+                   invoker_name=session.invoker_name, target=target.ref, created=session.created, phase=phase,
+                   error=error, retry_left=session.retry_left)
 
 
 def _host_result(result: BackupResult, started: float) -> HostResult:
@@ -293,11 +319,17 @@ def restore_session(rep: Reporting, namespace: str, name: str, settings: Restore
     started = time.monotonic()
     reported = False
     appbinding = settings.appbinding or (target.name if target is not None else "")
+    hooks = HookRunner(rep.source, rep.writer, namespace, target)
+    pre_hook_failed = False
     try:
         reporter.started()
         if not appbinding:
             raise BadInput(f"{session.ref}: spec.target.ref is missing (or give --appbinding)")
         with deadline(session.timeout, f"{session.ref}: spec.timeOut"):
+            if session.hooks.pre is not None:
+                cond = hooks.run(session.hooks.pre, _restore_summary(session, namespace, SUCCEEDED), reporter)
+                pre_hook_failed = not cond.ok
+                raise_if_failed(cond, session.hooks.pre)  # nothing is restored after a failed pre hook
             storage = open_storage(session.repository_namespace, session.repository)
             drv = None
             try:
@@ -333,15 +365,26 @@ def restore_session(rep: Reporting, namespace: str, name: str, settings: Restore
         reported = True
         if settings.output_dir:
             write_output(settings.output_dir, appbinding, hosts, reported=True)
+        if session.hooks.post is not None:
+            cond = hooks.run(session.hooks.post, _restore_summary(session, namespace, SUCCEEDED), reporter)
+            raise_if_failed(cond, session.hooks.post)
         return hosts
     except (RunnerError, Interrupted, KeyboardInterrupt) as e:
-        if reported:
-            raise
-        failed = HostResult(settings.hostname, FAILED, time.monotonic() - started, describe(e))
-        recorded = reporter.fail(failed)
-        if settings.output_dir and appbinding:
-            write_output(settings.output_dir, appbinding, failed, reported=recorded)
+        if not reported:
+            failed = HostResult(settings.hostname, FAILED, time.monotonic() - started, describe(e))
+            recorded = reporter.fail(failed)
+            if settings.output_dir and appbinding:
+                write_output(settings.output_dir, appbinding, failed, reported=recorded)
+        if isinstance(e, RunnerError) and not isinstance(e, HookFailed) and not pre_hook_failed \
+                and session.hooks.post is not None:
+            hooks.run(session.hooks.post, _restore_summary(session, namespace, FAILED, describe(e)), reporter)
         raise
+
+
+def _restore_summary(session: RestoreSession, namespace: str, phase: str, error: str = "") -> Summary:
+    return summary(session_name=session.name, namespace=namespace, invoker_kind="RestoreSession",
+                   invoker_name=session.name, target=session.target, created=session.created, phase=phase,
+                   error=error)
 
 
 def _restore_pick(session: RestoreSession, settings: RestoreSettings, hostname: str,
@@ -524,3 +567,69 @@ def update_restore_status(rep: Reporting, namespace: str, name: str,
     for host in hosts:
         reporter.host_done(host)
     return hosts
+
+
+# -- run-hook ----------------------------------------------------------------------------------
+
+@dataclass
+class RunHookSettings:
+    hook_type: str
+    target_kind: str = ""
+    target_name: str = ""
+
+
+_BACKUP_HOOKS, _RESTORE_HOOKS = (PRE_BACKUP, POST_BACKUP), (PRE_RESTORE, POST_RESTORE)
+
+
+def run_hook_step(rep: Reporting, namespace: str, session_ref: SessionToUpdate, settings: RunHookSettings) -> bool:
+    """Stash's run-hook: one hook of a session — the target's own, or a BackupBatch's global one when no target is
+    named — run and recorded as the executor records it. Returns whether it succeeded; a failed pre hook raises
+    (the Job must stop before the backup), a failed post hook is only reported (Stash's run-hook exits 0)."""
+    hook_type = settings.hook_type
+    if session_ref.kind == "BackupSession":
+        if hook_type not in _BACKUP_HOOKS:
+            raise BadInput(f"--hook-type={hook_type}: a BackupSession's hooks are {' or '.join(_BACKUP_HOOKS)}")
+        session = read_backup_session(rep.source, namespace, session_ref.name)
+        invoker = session.invoker(rep.source)
+        if settings.target_name:
+            target = invoker.target(settings.target_name, settings.target_kind)
+            reporter = BackupReporter(rep.writer, session, rep.pusher(session.invoker_kind, session.invoker_name,
+                                                                      namespace))
+            _aim(reporter, rep.source, invoker, target, namespace)
+            hooks, ref, recorder, global_ = target.hooks, target.ref, reporter, False
+        elif invoker.kind == "BackupBatch":
+            hooks, ref, global_ = invoker.hooks, None, True
+            recorder = SessionConditions(rep.writer, "BackupSession", namespace, session.name)
+        else:
+            raise BadInput(f"run-hook: --target-name is missing ({invoker.ref} has one target; global hooks are a "
+                           "BackupBatch's)")
+        created, invoker_kind, invoker_name, retry = session.created, session.invoker_kind, session.invoker_name, \
+            session.retry_left
+        obj_kind = "BackupSession"
+    else:
+        if hook_type not in _RESTORE_HOOKS:
+            raise BadInput(f"--hook-type={hook_type}: a RestoreSession's hooks are {' or '.join(_RESTORE_HOOKS)}")
+        rsession = read_restore_session(rep.source, namespace, session_ref.name)
+        hooks, ref, global_ = rsession.hooks, rsession.target, False
+        recorder = _restore_reporter(rep, rsession, namespace)
+        created, invoker_kind, invoker_name, retry = rsession.created, "RestoreSession", rsession.name, None
+        obj_kind = "RestoreSession"
+    hook = hooks.pre if hook_type in (PRE_BACKUP, PRE_RESTORE) else hooks.post
+    if hook is None:
+        log.info("run-hook: %s %s/%s has no %s hook%s", obj_kind, namespace, session_ref.name, hook_type,
+                 f" for {ref.kind} {ref.name}" if ref else "")
+        return True
+    phase, error = SUCCEEDED, ""
+    if hook is hooks.post and rep.writer is not None:
+        current = rep.writer.get(obj_kind, namespace, session_ref.name).get("status") or {}
+        phase, error = session_phase(current, ref)
+    runner = HookRunner(rep.source, rep.writer, namespace, ref)
+    cond = runner.run(hook, summary(session_name=session_ref.name, namespace=namespace, invoker_kind=invoker_kind,
+                                    invoker_name=invoker_name, target=ref, created=created, phase=phase,
+                                    error=error, retry_left=retry), recorder, global_=global_)
+    if not cond.ok and hook is hooks.pre:
+        raise_if_failed(cond, hook)
+    if not cond.ok:
+        log.warning("%s hook failed (recorded on %s %s/%s): %s", hook_type, obj_kind, namespace, session_ref.name,
+                    cond.message)
+    return cond.ok

@@ -22,7 +22,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -154,6 +154,58 @@ class Cluster:
                                                                  _request_timeout=self._timeout)
         ref = f"{kind} {namespace}/{name}"
         return self._json(self._request(call, "get", ref), ref)
+
+    def get_core(self, kind: str, plural: str, namespace: str, name: str) -> dict:
+        """A core/v1 object of a kind outside KINDS (the exec hooks' Endpoints and Pods), read as ``get`` reads."""
+        ref = f"{kind} {namespace}/{name}"
+
+        def call() -> Any:
+            return self._core_call("GET", f"/api/v1/namespaces/{{namespace}}/{plural}/{{name}}",
+                                   {"namespace": namespace, "name": name})
+        return self._json(self._request(call, "get", ref), ref)
+
+    def open_websocket(self, path: str, query: Sequence[tuple[str, str]], *, ref: str, verb: str,
+                       protocols: Sequence[str], timeout: float) -> Any:
+        """A ``websocket.WebSocket`` (websocket-client) to ``path`` (pods/exec), with this Cluster's credentials,
+        TLS settings and proxy. ``timeout`` bounds the connection and the handshake and stays the socket's
+        timeout. An answer other than 101 becomes the error ``get`` would raise (403: ClusterAccessDenied with the
+        server's message). One attempt: an upgrade that did reach the kubelet may have started the command."""
+        import websocket  # imported here: only exec hooks need it
+        from kubernetes.client.rest import should_bypass_proxies
+
+        cfg = self._config
+        # param_serialize: the same URL (host prefix, quoting) and Authorization (refreshed token) as every call
+        _, url, headers, _, _ = self._api.param_serialize("GET", path, query_params=list(query), header_params={},
+                                                          auth_settings=["BearerToken"])
+        url = "ws" + url[4:] if url.startswith("http") else url
+        opts: dict[str, Any] = {"http_no_proxy": ["*"]}  # the Configuration has decided on proxies, not the env
+        try:
+            ctx = ssl.create_default_context(cafile=cfg.ssl_ca_cert, cadata=cfg.ca_cert_data)
+            if not cfg.verify_ssl or cfg.assert_hostname is False:
+                ctx.check_hostname = False
+            if not cfg.verify_ssl:
+                ctx.verify_mode = ssl.CERT_NONE
+            if cfg.cert_file:
+                ctx.load_cert_chain(cfg.cert_file, cfg.key_file)
+            if cfg.proxy and not should_bypass_proxies(cfg.host, cfg.no_proxy or ""):
+                proxy = urllib3.util.parse_url(cfg.proxy)
+                opts = {"http_proxy_host": proxy.host, "http_proxy_port": proxy.port or 80,
+                        "proxy_type": proxy.scheme if (proxy.scheme or "").startswith("socks") else "http",
+                        "http_proxy_auth": tuple(proxy.auth.split(":", 1)) if proxy.auth else None}
+            sslopt = {"context": ctx, **({"server_hostname": cfg.tls_server_name} if cfg.tls_server_name else {})}
+            ws = websocket.WebSocket(sslopt=sslopt, skip_utf8_validation=True)
+            ws.connect(url, header={k: v for k, v in headers.items() if k.lower() in ("authorization", "user-agent")},
+                       subprotocols=list(protocols), timeout=timeout, suppress_origin=True, **opts)
+        except websocket.WebSocketBadStatusException as e:
+            body = e.resp_body.decode("utf-8", "replace") if e.resp_body else None
+            raise self._api_error(ApiException(status=e.status_code, reason=e.status_message, body=body),
+                                  verb, ref) from None
+        except (websocket.WebSocketTimeoutException, OSError) as e:
+            cause = "timed out" if isinstance(e, websocket.WebSocketTimeoutException) else _transport_cause(e)
+            raise ClusterError(f"Kubernetes API at {self.server} unreachable: {cause}") from None
+        except websocket.WebSocketException as e:  # an answer that is no websocket upgrade
+            raise ClusterError(f"{ref}: {verb} failed: {first_line(e)} ({self.server})") from None
+        return ws
 
     # -- writing ---------------------------------------------------------------------------------------------
 

@@ -195,6 +195,23 @@ class BackupReporter(_Reporter):
                                                           expected_targets=self.expected_targets,
                                                           created=self.session.created, now=when))
 
+    def hook_conditions(self) -> dict[str, bool | None]:
+        """The target's hook conditions as the session has them now (a hook already recorded is not run again)."""
+        if self.writer is None or self.target_ref is None:
+            return {}
+        st = self.writer.get(self.kind, self.namespace, self.name).get("status") or {}
+        entry = status.target_entry(st, self.target_ref) or {}
+        return {str(c.get("type")): c.get("status") == "True" for c in entry.get("conditions") or []}
+
+    def record_hook(self, cond: Condition) -> None:
+        """A hook's condition on the target's entry; a failed one fails the target (and the session)."""
+        assert self.target_ref is not None
+        ref, when = self.target_ref, _now()
+        w = self._write(lambda st: status.record_target_condition(
+            st, ref, cond, total_hosts=self.total_hosts, expected_targets=self.expected_targets,
+            created=self.session.created, now=when))
+        self._maybe_finished(w)
+
     def repository_initialised(self) -> None:
         """Say at once that the repository exists: members of a BackupBatch wait for this condition."""
         when = _now()
@@ -389,6 +406,18 @@ class RestoreReporter(_Reporter):
 
     def started(self) -> None:
         self._write(lambda st: status.start_restore(st, self.total_hosts))
+
+    def hook_conditions(self) -> dict[str, bool | None]:
+        """The session's hook conditions as it has them now."""
+        if self.writer is None:
+            return {}
+        st = self.writer.get(self.kind, self.namespace, self.name).get("status") or {}
+        return {str(c.get("type")): c.get("status") == "True" for c in st.get("conditions") or []}
+
+    def record_hook(self, cond: Condition) -> None:
+        """A hook's condition on the RestoreSession; a failed one fails it."""
+        when = _now()
+        self._write(lambda st: status.record_restore_condition(st, cond, created=self.session.created, now=when))
 
     def set_hosts(self, hostnames: list[str]) -> None:
         """The session's totalHosts, once the driver has named the hosts it restores."""

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from stash_runner.errors import BadInput
+from stash_runner.hooks.spec import Hooks, parse_hooks
 from stash_runner.maintenance.retention import Policy
 from stash_runner.restic.timefmt import parse_go_duration
 
@@ -72,6 +73,8 @@ class BackupTarget:
     params: Mapping[str, str] = field(default_factory=dict)
     #: the size its interimVolumeTemplate requests ("1Gi"), which Stash's Elasticsearch addon writes to meta.txt
     interim_volume_size: str = ""
+    #: its own (local) preBackup/postBackup hooks
+    hooks: Hooks = field(default_factory=Hooks)
 
 
 def _member(member: object, ref: str, path: str) -> BackupTarget:
@@ -80,7 +83,8 @@ def _member(member: object, ref: str, path: str) -> BackupTarget:
     target = member["target"]
     return BackupTarget(ObjectRef.from_json(target.get("ref"), ref, f"{path}.target.ref"),
                         str(target.get("alias") or ""), _params(member.get("task")),
-                        _interim_volume_size(member.get("interimVolumeTemplate"), ref, path))
+                        _interim_volume_size(member.get("interimVolumeTemplate"), ref, path),
+                        parse_hooks(member.get("hooks"), f"{ref}: {path}.hooks", restore=False))
 
 
 def _interim_volume_size(template: object, ref: str, path: str) -> str:
@@ -134,6 +138,8 @@ class BackupInvoker:
     targets: tuple[BackupTarget, ...]
     retention: Retention = field(default_factory=Retention)
     timeout: float | None = None
+    #: a BackupBatch's global hooks (a BackupConfiguration's hooks are its one target's)
+    hooks: Hooks = field(default_factory=Hooks)
 
     @property
     def ref(self) -> str:
@@ -159,13 +165,15 @@ class BackupInvoker:
         spec = field_at(obj, "spec", ref, kind=dict)
         repo = field_at(obj, "spec.repository.name", ref, kind=str)
         repo_ns = (spec.get("repository") or {}).get("namespace") or ns
+        hooks = Hooks()
         if kind == "BackupBatch":
             members = field_at(obj, "spec.members", ref, kind=list)
             targets = tuple(_member(m, ref, f"spec.members[{i}]") for i, m in enumerate(members))
-        else:  # a BackupConfiguration's spec has a member's shape: target and task
+            hooks = parse_hooks(spec.get("hooks"), f"{ref}: spec.hooks", restore=False)
+        else:  # a BackupConfiguration's spec has a member's shape: target, task and hooks
             targets = (_member(spec, ref, "spec"),)
         return cls(kind, name, ns, repo, repo_ns, targets, Retention.from_spec(spec.get("retentionPolicy"), ref),
-                   _timeout(spec, ref))
+                   _timeout(spec, ref), hooks)
 
 
 @dataclass(frozen=True)
@@ -227,6 +235,8 @@ class RestoreSession:
     timeout: float | None = None
     params: Mapping[str, str] = field(default_factory=dict)
     obj: dict = field(default_factory=dict, repr=False, compare=False)
+    #: its preRestore/postRestore hooks
+    hooks: Hooks = field(default_factory=Hooks)
 
     @property
     def ref(self) -> str:
@@ -255,18 +265,90 @@ class RestoreSession:
         if not isinstance(target, dict):
             raise BadInput(f"{ref}: spec.target must be a mapping")
         tref = ObjectRef.from_json(target["ref"], ref, "spec.target.ref") if target.get("ref") else None
-        rules = []
-        for i, r in enumerate(target.get("rules") or []):
-            if not isinstance(r, dict):
-                raise BadInput(f"{ref}: spec.target.rules[{i}] must be a mapping")
-            hosts, snaps = r.get("targetHosts") or [], r.get("snapshots") or []
-            if not isinstance(hosts, list) or not isinstance(snaps, list):
-                raise BadInput(f"{ref}: spec.target.rules[{i}]: targetHosts and snapshots must be lists")
-            rules.append(RestoreRule(tuple(map(str, hosts)), str(r.get("sourceHost") or ""), tuple(map(str, snaps))))
         meta = obj.get("metadata") or {}
         return cls(ns, name, str(meta.get("uid") or ""), str(meta.get("creationTimestamp") or ""), repo, repo_ns,
-                   tref, tuple(rules), _timeout(spec, ref), _params(spec.get("task")), obj)
+                   tref, _rules(target, ref, "spec.target"), _timeout(spec, ref), _params(spec.get("task")), obj,
+                   parse_hooks(spec.get("hooks"), f"{ref}: spec.hooks", restore=True))
+
+
+def _rules(target: dict, ref: str, path: str) -> tuple[RestoreRule, ...]:
+    """A restore target's ``rules`` (a RestoreSession's spec.target, a RestoreBatch member's target)."""
+    rules = []
+    for i, r in enumerate(target.get("rules") or []):
+        if not isinstance(r, dict):
+            raise BadInput(f"{ref}: {path}.rules[{i}] must be a mapping")
+        hosts, snaps = r.get("targetHosts") or [], r.get("snapshots") or []
+        if not isinstance(hosts, list) or not isinstance(snaps, list):
+            raise BadInput(f"{ref}: {path}.rules[{i}]: targetHosts and snapshots must be lists")
+        rules.append(RestoreRule(tuple(map(str, hosts)), str(r.get("sourceHost") or ""), tuple(map(str, snaps))))
+    return tuple(rules)
 
 
 def read_restore_session(source: ObjectSource, namespace: str, name: str) -> RestoreSession:
     return RestoreSession.from_object(source.get("RestoreSession", namespace, name), namespace)
+
+
+#: a batch's spec.executionOrder (Stash's default: Parallel)
+PARALLEL, SEQUENTIAL = "Parallel", "Sequential"
+
+
+def execution_order(spec: Mapping, ref: str) -> str:
+    """A BackupBatch's or RestoreBatch's spec.executionOrder: Parallel (the default) or Sequential."""
+    order = spec.get("executionOrder") or PARALLEL
+    if order not in (PARALLEL, SEQUENTIAL):
+        raise BadInput(f"{ref}: spec.executionOrder: {order!r} is not one of {PARALLEL}, {SEQUENTIAL}")
+    return str(order)
+
+
+@dataclass(frozen=True)
+class RestoreMember:
+    """One member of a RestoreBatch: its alias (the host it restores as) and the rest as a RestoreSession of its
+    own (the batch's repository, its target, rules, task params and local hooks), so that a member restores
+    exactly as a RestoreSession does."""
+
+    alias: str
+    session: RestoreSession
+
+
+@dataclass(frozen=True)
+class RestoreBatch:
+    """A RestoreBatch (Stash Enterprise): members restored from one repository, global hooks, an order."""
+
+    namespace: str
+    name: str
+    repository: str
+    repository_namespace: str
+    members: tuple[RestoreMember, ...]
+    execution_order: str = PARALLEL
+    timeout: float | None = None
+    #: the global preRestore/postRestore hooks
+    hooks: Hooks = field(default_factory=Hooks)
+
+    @property
+    def ref(self) -> str:
+        return f"RestoreBatch {self.namespace}/{self.name}"
+
+    @classmethod
+    def from_object(cls, obj: dict, namespace: str) -> RestoreBatch:
+        ns, name = namespace_and_name(obj, namespace)
+        ref = f"RestoreBatch {ns}/{name}"
+        spec = field_at(obj, "spec", ref, kind=dict)
+        repo = field_at(obj, "spec.repository.name", ref, kind=str)
+        repo_ns = (spec.get("repository") or {}).get("namespace") or ns
+        members = []
+        for i, m in enumerate(field_at(obj, "spec.members", ref, kind=list)):
+            path = f"spec.members[{i}]"
+            if not isinstance(m, dict) or not isinstance(m.get("target"), dict):
+                raise BadInput(f"{ref}: {path}.target is missing")
+            target = m["target"]
+            session = RestoreSession(ns, name, "", "", repo, repo_ns,
+                                     ObjectRef.from_json(target.get("ref"), ref, f"{path}.target.ref"),
+                                     _rules(target, ref, f"{path}.target"), None, _params(m.get("task")), m,
+                                     parse_hooks(m.get("hooks"), f"{ref}: {path}.hooks", restore=True))
+            members.append(RestoreMember(str(target.get("alias") or ""), session))
+        return cls(ns, name, repo, repo_ns, tuple(members), execution_order(spec, ref), _timeout(spec, ref),
+                   parse_hooks(spec.get("hooks"), f"{ref}: spec.hooks", restore=True))
+
+
+def read_restore_batch(source: ObjectSource, namespace: str, name: str) -> RestoreBatch:
+    return RestoreBatch.from_object(source.get("RestoreBatch", namespace, name), namespace)

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 
+from stash_runner.conditions import Condition
 from stash_runner.restic.timefmt import go_duration, parse_time
 from stash_runner.units import stash_bytes
 
@@ -30,14 +30,6 @@ INITIALIZE_BACKEND_REPOSITORY = "InitializeBackendRepository"
 POST_BACKUP_ACTIONS = ("ApplyRetentionPolicy", "VerifyRepositoryIntegrity", "SendRepositoryMetrics")
 #: a session that failed before any target could be recorded (its invoker is missing, say)
 SESSION_FAILED = "SessionFailed"
-
-
-@dataclass(frozen=True)
-class Condition:
-    type: str
-    ok: bool
-    reason: str
-    message: str
 
 
 def set_conditions(conditions: list[dict] | None, new: Iterable[Condition], now: str) -> list[dict]:
@@ -185,7 +177,8 @@ def record_backup_host(status: Mapping, ref: Mapping, host: Mapping, *, total_ho
     new = copy.deepcopy(dict(status))
     entry = _ensure_target_entry(new, ref, total_hosts)
     entry["stats"] = _upsert_host(entry.get("stats") or [], host)
-    entry["phase"] = _hosts_phase(entry["stats"], int(entry.get("totalHosts") or total_hosts))
+    entry["phase"] = FAILED if _hook_failed(entry.get("conditions")) else \
+        _hosts_phase(entry["stats"], int(entry.get("totalHosts") or total_hosts))
     if conditions:
         new["conditions"] = set_conditions(new.get("conditions"), conditions, now)
     return _with_session_phase(new, expected_targets, created, now)
@@ -200,6 +193,36 @@ def record_post_backup(status: Mapping, ref: Mapping, conditions: Iterable[Condi
     if entry is not None:
         entry["postBackupActions"] = list(POST_BACKUP_ACTIONS)
     return _with_session_phase(new, expected_targets, created, now)
+
+
+#: a target's hook conditions: one of them False fails the target (Stash's calculateBackupTargetPhase), and a
+#: RestoreSession's fails the session
+HOOK_CONDITIONS = ("PreBackupHookExecutionSucceeded", "PostBackupHookExecutionSucceeded",
+                   "PreRestoreHookExecutionSucceeded", "PostRestoreHookExecutionSucceeded")
+
+
+def _hook_failed(conditions: list[dict] | None) -> bool:
+    return any(c.get("type") in HOOK_CONDITIONS and c.get("status") == "False" for c in conditions or [])
+
+
+def record_target_condition(status: Mapping, ref: Mapping, cond: Condition, *, total_hosts: int,
+                            expected_targets: int, created: str, now: str) -> dict:
+    """A condition on the target's entry (its hooks'); a failed hook fails the target, and so the session."""
+    new = copy.deepcopy(dict(status))
+    entry = _ensure_target_entry(new, ref, total_hosts)
+    entry["conditions"] = set_conditions(entry.get("conditions"), [cond], now)
+    if _hook_failed(entry["conditions"]):
+        entry["phase"] = FAILED
+        if new.get("phase") == SUCCEEDED:
+            new["phase"] = FAILED  # a post hook runs after the session succeeded; its failure fails it (Stash)
+    return _with_session_phase(new, expected_targets, created, now)
+
+
+def record_session_condition(status: Mapping, cond: Condition, *, now: str) -> dict:
+    """A condition on the session itself (a batch's global hooks)."""
+    new = copy.deepcopy(dict(status))
+    new["conditions"] = set_conditions(new.get("conditions"), [cond], now)
+    return new
 
 
 def fail_session(status: Mapping, reason: str, message: str, *, created: str, now: str) -> dict:
@@ -220,13 +243,25 @@ def start_restore(status: Mapping, total_hosts: int) -> dict:
     return new
 
 
+def record_restore_condition(status: Mapping, cond: Condition, *, created: str, now: str) -> dict:
+    """A condition on a RestoreSession (its hooks'); a failed hook fails the session."""
+    new = copy.deepcopy(dict(status))
+    new["conditions"] = set_conditions(new.get("conditions"), [cond], now)
+    if _hook_failed(new["conditions"]):
+        new["phase"] = FAILED
+        if not new.get("sessionDuration"):
+            new["sessionDuration"] = _duration_since(created, now)
+    return new
+
+
 def record_restore_host(status: Mapping, host: Mapping, *, total_hosts: int, created: str, now: str) -> dict:
     """A host's result in ``stats`` (hostname, phase, duration, error); the session phase follows."""
     new = copy.deepcopy(dict(status))
     new.setdefault("totalHosts", total_hosts)
     keep = ("hostname", "phase", "duration", "error")
     new["stats"] = _upsert_host(new.get("stats") or [], {k: v for k, v in host.items() if k in keep})
-    phase = _hosts_phase(new["stats"], int(new.get("totalHosts") or total_hosts))
+    phase = FAILED if _hook_failed(new.get("conditions")) else \
+        _hosts_phase(new["stats"], int(new.get("totalHosts") or total_hosts))
     if new.get("phase") in TERMINAL:
         phase = new["phase"] if new["phase"] == FAILED else phase
     new["phase"] = phase

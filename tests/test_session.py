@@ -277,7 +277,8 @@ def test_stash_tasks_from_deploy_run_with_the_deploy_rbac(kube, source_pg, fresh
     granted = {(verb, res) for rule in objs[("Role", "stash-runner")]["rules"] for res in rule["resources"]
                for verb in rule["verbs"]}
     assert used <= granted
-    assert {res for _, res in granted} - {res for _, res in used} == {"backupbatches"}  # no batch here
+    assert {res for _, res in granted} - {res for _, res in used} == {"backupbatches", "restorebatches",
+                                                                      "restorebatches/status"}  # no batch here
 
 
 def test_task_params_from_the_invoker_reach_the_dump_tool(kube, source_pg, repo_dir, tmp_path):
@@ -809,3 +810,25 @@ def test_a_batch_member_waits_for_the_member_that_initialises_the_repository(kub
     cond = next((c for c in bs(kube)["status"].get("conditions") or []
                  if c["type"] == "BackendRepositoryInitialized"), None)
     assert (cond or {}).get("reason") == ("BackendRepositoryInitialized" if outcome == "initialised" else None)
+
+
+def test_batch_members_are_listed_in_members_order_whoever_reports_first(kube, source_pg, repo_dir, tmp_path):
+    """Without entries the operator made, the runner keeps the session's targets in the BackupBatch's members
+    order, as the operator would: the second member reports first and is still listed second."""
+    refs = [{**REF, "name": "pg-a"}, {**REF, "name": "pg-b"}]
+    batch = {"apiVersion": "stash.appscode.com/v1beta1", "kind": "BackupBatch", "metadata": {"name": "batch"},
+             "spec": {"repository": {"name": "repo"}, "schedule": "*/5 * * * *",
+                      "members": [{"target": {"alias": alias, "ref": ref}, "task": {"name": "postgres-backup-16"}}
+                                  for alias, ref in zip("ab", refs, strict=True)]}}
+    sess = {**session("s1", invoker_name="batch"),
+            "spec": {"invoker": {"apiGroup": "stash.appscode.com", "kind": "BackupBatch", "name": "batch"}}}
+    kc = seed(kube, tmp_path, batch, sess, pg=source_pg, repo_dir=repo_dir, appbinding="pg-a")
+    kube.load_fixtures(objects_yaml(str(tmp_path / "b.yaml"), cluster=source_pg, namespace=kube.name,
+                                    appbinding="pg-b"))
+    for alias in "ba":
+        r = run_backup(kube, kc, f"--appbinding=pg-{alias}", f"--hostname={alias}")
+        assert r.returncode == 0, r.stderr.decode()
+        names = [t["ref"]["name"] for t in bs(kube)["status"]["targets"]]
+        assert names == (["pg-b"] if alias == "b" else ["pg-a", "pg-b"])
+    st = bs(kube)["status"]
+    assert st["phase"] == "Succeeded" and [t["phase"] for t in st["targets"]] == ["Succeeded", "Succeeded"]

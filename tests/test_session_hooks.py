@@ -336,3 +336,23 @@ def test_an_exec_hook_goes_to_the_pod_behind_the_appbinding_s_service(kube, repo
     assert {("get", "endpoints", None, "pg"), ("get", "pods", None, "pg-0")} <= asked
     assert any(q.resource == "pods" and q.subresource == "exec" for q in kube.requests())
     assert not os.path.exists(os.path.join(repo_dir, "config"))
+
+
+def test_a_failed_global_pre_hook_fails_the_batch_s_session(kube, hook_target, tmp_path):
+    hook_target.status["/global-pre"] = 500
+    batch = {"apiVersion": "stash.appscode.com/v1beta1", "kind": "BackupBatch", "metadata": {"name": "batch"},
+             "spec": {"repository": {"name": "repo"}, "schedule": "*/5 * * * *",
+                      "hooks": {"preBackup": http_get(hook_target.port, "/global-pre")},
+                      "members": [{"target": {"alias": "a", "ref": REF}, "task": {"name": "postgres-backup-16"}}]}}
+    sess = {**session("s1", invoker_name="batch", status={"phase": "Running"}),
+            "spec": {"invoker": {"apiGroup": "stash.appscode.com", "kind": "BackupBatch", "name": "batch"}}}
+    kube.seed(batch, sess)
+    r = run_hook(kube, kube.kubeconfig(str(tmp_path / "kubeconfig")), "--backupsession=s1",
+                 "--invoker-kind=BackupBatch", "--invoker-name=batch", "--hook-type=preBackup")
+    assert r.returncode == 11, r.stderr.decode()
+    st = bs(kube)["status"]
+    assert st["phase"] == "Failed" and st["sessionDuration"]
+    [cond] = st["conditions"]
+    assert (cond["type"], cond["status"], cond["reason"]) == ("GlobalPreBackupHookSucceeded", "False",
+                                                              "GlobalPreBackupHookExecutionFailed")
+    assert cond["message"].startswith("Failed to execute global PreBackup Hook. Reason: ") and "500" in cond["message"]

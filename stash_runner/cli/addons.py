@@ -28,6 +28,7 @@ from .options import (
     truthy,
     wait_timeout,
 )
+from .run import restore_batch_member
 from .wiring import backup_host, backup_session, flags_storage_and_driver, restore_host, restore_session
 
 
@@ -104,6 +105,8 @@ def restore_command(addon: Addon) -> click.Command:
             raise click.BadParameter("one snapshot at a time (a restore of several would overwrite each other)",
                                      param_hint="'--snapshot'")
         opts = driver_options(kw, driver=addon.driver, purpose="restore")
+        if restore_batch_member(kw, opts):  # a RestoreBatch member's Job (--invoker-kind=RestoreBatch)
+            return
         if kw["restoresession"]:
             restore_session(kw, opts)
             return
@@ -122,6 +125,9 @@ def restore_command(addon: Addon) -> click.Command:
         click.command(f"restore-{addon.name}"),
         stash_flags,
         click.option("--restoresession", default="", help="Run for this RestoreSession and report to it."),
+        click.option("--restorebatch", default="",
+                     help="Run this RestoreBatch's member named by --appbinding/--target-name and report to the "
+                          "batch (the operator's spelling: --invoker-kind=RestoreBatch --invoker-name)."),
         click.option("--snapshot", default="latest", show_default=True),
         click.option("--source-hostname", default=""),
         lock_options,

@@ -34,11 +34,12 @@ def report_options(f: Callable) -> Callable:
                      help="Job to push under (default: <lower(invokerKind)>-<namespace>-<invokerName>)."),
         click.option("--metrics-labels", multiple=True, help="Extra labels key=value (comma-separated; repeatable)."),
         click.option("--invoker-kind", default="",
-                     help="Stash's INVOKER_KIND: BackupConfiguration, BackupBatch or RestoreSession (the session "
-                          "names its invoker; update-status checks this against it)."),
+                     help="Stash's INVOKER_KIND: BackupConfiguration, BackupBatch, RestoreSession or RestoreBatch "
+                          "(the session names its invoker; update-status checks this against it; RestoreBatch: "
+                          "the batch named by --invoker-name, its member by --target-name)."),
         click.option("--invoker-name", default="",
                      help="Stash's INVOKER_NAME (update-status: checked against the session; with "
-                          "--invoker-kind=RestoreSession, the RestoreSession to report to)."),
+                          "--invoker-kind=RestoreSession or RestoreBatch, the object to report to)."),
         click.option("--target-kind", default="", help="Kind of the target to report (default: from the session)."),
         click.option("--target-name", default="", help="Name of the target to report (Stash's TARGET_NAME)."),
         click.option("--target-namespace", default="",

@@ -7,7 +7,7 @@ import click
 from drivers import DriverOptions
 from stash_runner.errors import BadInput
 from stash_runner.restic import compression
-from stash_runner.stash import batch
+from stash_runner.stash import batch, executor
 from stash_runner.stash.host import run_host
 from stash_runner.stash.output import SnapshotStats
 from stash_runner.stash.resolve import open_objects
@@ -18,6 +18,7 @@ from .options import (
     lock_options,
     mongo_options,
     objects_options,
+    one_of,
     report_options,
     retention_options,
     retention_override,
@@ -29,6 +30,7 @@ from .wiring import (
     backup_host,
     backup_session,
     named_storage_and_driver,
+    reporting,
     require,
     restore_host,
     restore_session,
@@ -94,7 +96,10 @@ def backup(**kw) -> None:
 @objects_options
 @click.option("--restoresession", default="",
               help="Run for this RestoreSession: the rest comes from it; status, Events and metrics are reported.")
-@click.option("--restorebatch", default="", help="Run this RestoreBatch " + _BATCH_HELP.format(retry=""))
+@click.option("--restorebatch", default="",
+              help="Run this RestoreBatch " + _BATCH_HELP.format(retry="") + " With --appbinding/--target-name: only "
+                   "that member, as the operator's Job for it (also --invoker-kind=RestoreBatch --invoker-name), "
+                   "reported to the RestoreBatch's status.members.")
 @click.option("--appbinding", default="", help="AppBinding of the database to restore into.")
 @click.option("--repository", default="", help="Repository to restore from.")
 @click.option("--snapshot", default="latest", show_default=True, help="Snapshot ID (or prefix) or 'latest'.")
@@ -112,6 +117,8 @@ def restore(**kw) -> None:
     """Restore a snapshot into the database of an AppBinding, or run a RestoreSession, or a whole RestoreBatch
     (--restorebatch)."""
     opts = driver_options(kw, purpose="restore")
+    if restore_batch_member(kw, opts):
+        return
     if kw["restorebatch"]:
         _restore_batch(kw, opts)
         return
@@ -161,3 +168,41 @@ def _restore_batch(kw: dict, opts: DriverOptions) -> None:
                                       kw["namespace"], kw["restorebatch"], settings)
     click.echo(outcome.table())
     outcome.raise_if_failed()
+
+
+def _restore_batch_named(kw: dict) -> tuple[str, str]:
+    """The RestoreBatch a restore runs for, and the flags that name it: --restorebatch, or the operator's
+    --invoker-kind=RestoreBatch --invoker-name (with which a --restoresession, when given, must agree)."""
+    by_invoker = kw.get("invoker_name", "") if kw.get("invoker_kind") == "RestoreBatch" else ""
+    if kw.get("invoker_kind") == "RestoreBatch" and not by_invoker:
+        raise BadInput("--invoker-kind=RestoreBatch: --invoker-name is missing (the RestoreBatch's name)")
+    flag = kw.get("restorebatch", "")
+    if flag and by_invoker and flag != by_invoker:
+        raise BadInput(f"--restorebatch={flag} and --invoker-kind=RestoreBatch --invoker-name={by_invoker} name "
+                       "different RestoreBatches")
+    name = flag or by_invoker
+    if name and kw.get("restoresession") and kw["restoresession"] != name:
+        raise BadInput(f"--restoresession={kw['restoresession']} together with the RestoreBatch {name}: give one")
+    named_by = f"--restorebatch={flag}" if flag else f"--invoker-kind=RestoreBatch --invoker-name={by_invoker}"
+    return name, named_by if name else ""
+
+
+def restore_batch_member(kw: dict, opts: DriverOptions) -> bool:
+    """Run a RestoreBatch member's Job (restore, restore-<db>) when the flags name a batch and a member; False when
+    they do not (a --restorebatch with no member is the whole batch, run without the operator)."""
+    name, named_by = _restore_batch_named(kw)
+    if not name:
+        return False
+    member = one_of(kw, "appbinding", "target_name")
+    if not member:
+        if kw.get("restorebatch"):
+            return False
+        raise BadInput(f"{named_by}: which member? give --appbinding or --target-name (the member's target)")
+    settings = executor.RestoreSettings(
+        hostname=kw["hostname"], snapshot="" if kw["snapshot"] in ("", "latest") else kw["snapshot"],
+        source_hostname=kw["source_hostname"], driver=opts, wait_timeout=kw["wait_timeout"],
+        lock_wait=kw["lock_wait"], output_dir=kw["output_dir"], appbinding=member, target_kind=kw["target_kind"])
+    with open_objects(kw["objects"], kw["kubeconfig"]) as (source, cluster):
+        executor.restore_batch_member(reporting(source, cluster, kw), kw["namespace"], name, settings,
+                                      session_storage(source, kw), named_by=named_by)
+    return True

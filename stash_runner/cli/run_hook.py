@@ -17,7 +17,8 @@ from .wiring import reporting
 @click.option("--restoresession", default="",
               help="The RestoreSession whose hook runs (the operator names it by --invoker-kind/--invoker-name).")
 @click.option("--hook-type", required=True, type=click.Choice(HOOK_TYPES),
-              help="Which hook: the target's own, or a BackupBatch's global one when no --target-name is given.")
+              help="Which hook: the target's own (a RestoreBatch member's), or a BackupBatch's or RestoreBatch's "
+                   "global one when no --target-name is given.")
 @click.option("--hostname", default="host-0", show_default=True, help="Accepted for Stash's args; hooks are per "
               "target, not per host.")
 @click.option("--output-dir", default="", help="Accepted for Stash's args (a hook writes no output.json).")

@@ -45,7 +45,8 @@ def update_status(**kw) -> None:
     and, once per BackupSession, run the post-backup actions (retention, integrity check, repository figures).
 
     Takes the args of the operator's update-status Function: the session is the BackupSession given by
-    --backupsession, else (empty) the RestoreSession named by --invoker-kind=RestoreSession --invoker-name. The
+    --backupsession, else (empty) the RestoreSession named by --invoker-kind=RestoreSession --invoker-name (or the
+    member --target-name of the RestoreBatch named by --invoker-kind=RestoreBatch --invoker-name). The
     Repository is the invoker's, opened from the storage flags with their Secret, else by name. Flags that
     contradict each other or the session are an error (exit 2). Nothing is done when the step before already
     reported and ran its post-backup actions (output.json's "statusReported").
@@ -66,7 +67,7 @@ def update_status(**kw) -> None:
             hosts = update_backup_status(rep, kw["namespace"], session.name, settings,
                                          session_storage(source, kw, repository_flag=False))
         else:
-            hosts = update_restore_status(rep, kw["namespace"], session.name, settings)
+            hosts = update_restore_status(rep, kw["namespace"], session.name, settings, session)
     failed = [h for h in hosts if h.phase != SUCCEEDED]
     if failed:
         raise RunnerError(f"host {failed[0].hostname} failed: {failed[0].error or 'no reason given'}")

@@ -31,7 +31,7 @@ from . import metrics
 from .hooking import HookRunner, SessionConditions, raise_if_failed, session_phase, summary
 from .objects import ObjectSource
 from .output import REPORTED, HostResult, SnapshotStats, read_output, write_output
-from .reporting import BackupReporter, Pusher, RestoreReporter, StatusWriter
+from .reporting import BackupReporter, Pusher, RestoreMemberReporter, RestoreReporter, StatusWriter
 from .resolve import Storage, driver_for
 from .sessions import (
     BACKUP_INVOKERS,
@@ -39,10 +39,13 @@ from .sessions import (
     BackupSession,
     BackupTarget,
     ObjectRef,
+    RestoreBatch,
+    RestoreMember,
     RestoreRule,
     RestoreSession,
     Retention,
     read_backup_session,
+    read_restore_batch,
     read_restore_session,
 )
 from .status import FAILED, SUCCEEDED
@@ -230,7 +233,8 @@ def _aim(reporter: BackupReporter, source: ObjectSource, invoker: BackupInvoker,
     """Point the reporter at the target once the invoker is read: its metrics name the invoker's Repository."""
     reporter.pusher.invoker = dataclasses.replace(reporter.pusher.invoker, repository=invoker.repository)
     reporter.set_target(target.ref, app_type=_app_type(source, target.ref, namespace),
-                        expected_targets=len(invoker.targets), total_hosts=total_hosts)
+                        expected_targets=len(invoker.targets), total_hosts=total_hosts,
+                        order=[t.ref for t in invoker.targets])
 
 
 def _backup_target(source: ObjectSource, invoker: BackupInvoker, target: BackupTarget, settings: BackupSettings,
@@ -297,7 +301,8 @@ class RestoreSettings:
     wait_timeout: float | None = None
     lock_wait: float = 300.0
     output_dir: str = ""
-    appbinding: str = ""  # "" : the session's target
+    appbinding: str = ""  # "" : the session's target; a RestoreBatch's: which member (Stash's TARGET_NAME)
+    target_kind: str = ""  # a RestoreBatch member's target kind, when the name alone is ambiguous
 
 
 def _restore_reporter(rep: Reporting, session: RestoreSession, namespace: str,
@@ -309,22 +314,68 @@ def _restore_reporter(rep: Reporting, session: RestoreSession, namespace: str,
     return RestoreReporter(rep.writer, session, pusher, mtarget, total_hosts=total_hosts)
 
 
+def _member_reporter(rep: Reporting, batch: RestoreBatch, member: RestoreMember, namespace: str,
+                     total_hosts: int = 1) -> RestoreMemberReporter:
+    """A member reports into the batch's status.members; its metrics go out as the batch's (invoker RestoreBatch)."""
+    target = member.session.target
+    assert target is not None, "RestoreBatch.from_object requires each member's target.ref"
+    mtarget = metrics.Target.from_ref(target.json(), _app_type(rep.source, target, namespace))
+    pusher = rep.pusher("RestoreBatch", batch.name, namespace, batch.repository)
+    return RestoreMemberReporter(rep.writer, batch, target, pusher, mtarget, total_hosts=total_hosts)
+
+
+#: what restores one target and reports it: a RestoreSession's reporter, or a RestoreBatch member's
+AnyRestoreReporter = RestoreReporter | RestoreMemberReporter
+
+
+def _read_restore_batch(source: ObjectSource, namespace: str, name: str, named_by: str = "") -> RestoreBatch:
+    """The RestoreBatch, with the flags that named it in front of a read error (a miswired Function says so)."""
+    try:
+        return read_restore_batch(source, namespace, name)
+    except BadInput as e:
+        if not named_by:
+            raise
+        raise BadInput(f"{named_by}: {e}") from None
+
+
 def restore_session(rep: Reporting, namespace: str, name: str, settings: RestoreSettings,
                     open_storage: StorageOpener) -> list[HostResult]:
     """Restore this host of a RestoreSession (or each member of a sharded cluster, each from the snapshot its
     rules give) and report it; raises after reporting a failure."""
     session = read_restore_session(rep.source, namespace, name)
+    return _restore_target(rep, namespace, session, _restore_reporter(rep, session, namespace), settings,
+                           open_storage)
+
+
+def restore_batch_member(rep: Reporting, namespace: str, name: str, settings: RestoreSettings,
+                         open_storage: StorageOpener, named_by: str = "") -> list[HostResult]:
+    """A RestoreBatch member's Job (the operator's, one per member): the member named by ``settings.appbinding``
+    (and ``target_kind``) restored as a RestoreSession is — its rules, task params, local hooks — and reported
+    into the batch's status.members entry, Events and metrics; raises after reporting a failure."""
+    batch = _read_restore_batch(rep.source, namespace, name, named_by)
+    member = batch.member(settings.appbinding, settings.target_kind)
+    # The host is --hostname as given; none given: the member's alias (Stash's host for it), else host-0.
+    settings = dataclasses.replace(settings, hostname=settings.hostname or member.alias or "host-0",
+                                   appbinding=settings.appbinding or (member.session.target.name
+                                                                      if member.session.target else ""))
+    return _restore_target(rep, namespace, member.session, _member_reporter(rep, batch, member, namespace),
+                           settings, open_storage)
+
+
+def _restore_target(rep: Reporting, namespace: str, session: RestoreSession, reporter: AnyRestoreReporter,
+                    settings: RestoreSettings, open_storage: StorageOpener) -> list[HostResult]:
+    """The restore of one target (a RestoreSession's, or a RestoreBatch member's as a RestoreSession-like
+    ``session``) between its pre and post hooks, reported through ``reporter``; raises after reporting a failure."""
     target = session.target
-    reporter = _restore_reporter(rep, session, namespace)
+    hooks = HookRunner(rep.source, rep.writer, namespace, target)
+    pre_hook_failed = False
     started = time.monotonic()
     reported = False
     appbinding = settings.appbinding or (target.name if target is not None else "")
-    hooks = HookRunner(rep.source, rep.writer, namespace, target)
-    pre_hook_failed = False
     try:
         reporter.started()
         if not appbinding:
-            raise BadInput(f"{session.ref}: spec.target.ref is missing (or give --appbinding)")
+            raise BadInput(f"{session.ref}: {session.target_path}.ref is missing (or give --appbinding)")
         with deadline(session.timeout, f"{session.ref}: spec.timeOut"):
             if session.hooks.pre is not None:
                 cond = hooks.run(session.hooks.pre, _restore_summary(session, namespace, SUCCEEDED), reporter)
@@ -382,7 +433,8 @@ def restore_session(rep: Reporting, namespace: str, name: str, settings: Restore
 
 
 def _restore_summary(session: RestoreSession, namespace: str, phase: str, error: str = "") -> Summary:
-    return summary(session_name=session.name, namespace=namespace, invoker_kind="RestoreSession",
+    # A member's session is named as its batch: .Name and .Invoker are the RestoreBatch's.
+    return summary(session_name=session.name, namespace=namespace, invoker_kind=session.invoker_kind,
                    invoker_name=session.name, target=session.target, created=session.created, phase=phase,
                    error=error)
 
@@ -408,25 +460,25 @@ def _restore_pick(session: RestoreSession, settings: RestoreSettings, hostname: 
 
 # -- update-status ---------------------------------------------------------------------------
 
-#: the restore invoker an update-status step can report to (Stash's RestoreBatch is not read by this version)
-RESTORE_INVOKERS = ("RestoreSession",)
+#: the restore invokers an update-status or run-hook step can report to (a RestoreBatch: one member's entry, or
+#: its global hooks)
+RESTORE_INVOKERS = ("RestoreSession", "RestoreBatch")
 
 
 @dataclass(frozen=True)
 class SessionToUpdate:
-    kind: str  # BackupSession | RestoreSession
+    kind: str  # BackupSession | RestoreSession | RestoreBatch
     name: str
+    named_by: str = ""  # the flags that named it, for an error reading it
 
 
 def session_to_update(backupsession: str, restoresession: str = "", invoker_kind: str = "",
                       invoker_name: str = "") -> SessionToUpdate:
     """The session an update-status step reports to, chosen as Stash's does: the BackupSession when
     --backupsession is given, else the restore invoker (the operator passes ``--backupsession=`` and names the
-    RestoreSession by --invoker-kind/--invoker-name; --restoresession is our own and older Stash's spelling).
-    Flags that contradict each other are a BadInput naming them."""
+    RestoreSession or RestoreBatch by --invoker-kind/--invoker-name; --restoresession is our own and older Stash's
+    spelling of a RestoreSession). Flags that contradict each other are a BadInput naming them."""
     known = (*BACKUP_INVOKERS, *RESTORE_INVOKERS)
-    if invoker_kind == "RestoreBatch":
-        raise BadInput("--invoker-kind=RestoreBatch: this version restores through a RestoreSession only")
     if invoker_kind and invoker_kind not in known:
         raise BadInput(f"--invoker-kind={invoker_kind}: not an invoker kind (one of: {', '.join(known)})")
     if backupsession:
@@ -443,7 +495,11 @@ def session_to_update(backupsession: str, restoresession: str = "", invoker_kind
     named = invoker_name if invoker_kind in RESTORE_INVOKERS else ""
     if restoresession and named and restoresession != named:
         raise BadInput(f"--restoresession={restoresession} and --invoker-kind={invoker_kind} "
-                       f"--invoker-name={named} name different RestoreSessions")
+                       f"--invoker-name={named} name different {invoker_kind}s")
+    if invoker_kind == "RestoreBatch":
+        if not named:
+            raise BadInput("--invoker-kind=RestoreBatch: --invoker-name is missing (the RestoreBatch's name)")
+        return SessionToUpdate("RestoreBatch", named, f"--invoker-kind=RestoreBatch --invoker-name={named}")
     if not (restoresession or named):
         raise BadInput("update-status: no session: give --backupsession, or --invoker-kind=RestoreSession "
                        "--invoker-name (or --restoresession)")
@@ -551,19 +607,37 @@ def update_backup_status(rep: Reporting, namespace: str, name: str, settings: Up
     return hosts
 
 
-def update_restore_status(rep: Reporting, namespace: str, name: str,
-                          settings: UpdateStatusSettings) -> list[HostResult]:
-    """Stash's update-status for a RestoreSession: output.json's hosts into status (flags checked as for a
-    backup)."""
-    hosts, _, done = _step_output(settings.output_dir)
-    session = read_restore_session(rep.source, namespace, name)
+def _restore_report_target(rep: Reporting, namespace: str, session_ref: SessionToUpdate, target_name: str,
+                           target_kind: str) -> tuple[RestoreSession, Callable[[int], AnyRestoreReporter]]:
+    """The restore target a step reports: a RestoreSession's, or the RestoreBatch member named by ``target_name``
+    (``target_kind``); with a factory of its reporter (given the host count)."""
+    if session_ref.kind == "RestoreBatch":
+        batch = _read_restore_batch(rep.source, namespace, session_ref.name, session_ref.named_by)
+        try:
+            member = batch.member(target_name, target_kind)
+        except BadInput as e:
+            raise BadInput(f"--target-name={target_name}: {e}" if target_name else str(e)) from None
+        return member.session, lambda total: _member_reporter(rep, batch, member, namespace, total)
+    session = read_restore_session(rep.source, namespace, session_ref.name)
+    return session, lambda total: _restore_reporter(rep, session, namespace, total)
+
+
+def update_restore_status(rep: Reporting, namespace: str, name: str, settings: UpdateStatusSettings,
+                          session_ref: SessionToUpdate | None = None) -> list[HostResult]:
+    """Stash's update-status for a RestoreSession, or for a RestoreBatch's member (``session_ref``; the member is
+    --target-name, else output.json's ref): output.json's hosts into status (flags checked as for a backup)."""
+    hosts, doc, done = _step_output(settings.output_dir)
+    session_ref = session_ref or SessionToUpdate("RestoreSession", name)
+    member_name = settings.target_name or ((doc["targetStatus"].get("ref") or {}).get("name") or "") \
+        if session_ref.kind == "RestoreBatch" else ""
+    session, make_reporter = _restore_report_target(rep, namespace, session_ref, member_name, settings.target_kind)
     _check_repository(settings, namespace, session.repository, session.repository_namespace, session.ref)
     if session.target is not None:
         _check_target(settings, session.target, session.namespace, session.ref)
     if done:
         _nothing_to_do(settings.output_dir, "restore")
         return hosts
-    reporter = _restore_reporter(rep, session, namespace, total_hosts=max(1, len(hosts)))
+    reporter = make_reporter(max(1, len(hosts)))
     for host in hosts:
         reporter.host_done(host)
     return hosts
@@ -582,9 +656,10 @@ _BACKUP_HOOKS, _RESTORE_HOOKS = (PRE_BACKUP, POST_BACKUP), (PRE_RESTORE, POST_RE
 
 
 def run_hook_step(rep: Reporting, namespace: str, session_ref: SessionToUpdate, settings: RunHookSettings) -> bool:
-    """Stash's run-hook: one hook of a session — the target's own, or a BackupBatch's global one when no target is
-    named — run and recorded as the executor records it. Returns whether it succeeded; a failed pre hook raises
-    (the Job must stop before the backup), a failed post hook is only reported (Stash's run-hook exits 0)."""
+    """Stash's run-hook: one hook of a session — the target's own (a RestoreBatch member's), or a BackupBatch's or
+    RestoreBatch's global one when no target is named — run and recorded as the executor records it. Returns whether
+    it succeeded; a failed pre hook raises (the Job must stop before the backup or restore), a failed post hook is
+    only reported (Stash's run-hook exits 0)."""
     hook_type = settings.hook_type
     if session_ref.kind == "BackupSession":
         if hook_type not in _BACKUP_HOOKS:
@@ -608,12 +683,21 @@ def run_hook_step(rep: Reporting, namespace: str, session_ref: SessionToUpdate, 
         obj_kind = "BackupSession"
     else:
         if hook_type not in _RESTORE_HOOKS:
-            raise BadInput(f"--hook-type={hook_type}: a RestoreSession's hooks are {' or '.join(_RESTORE_HOOKS)}")
-        rsession = read_restore_session(rep.source, namespace, session_ref.name)
-        hooks, ref, global_ = rsession.hooks, rsession.target, False
-        recorder = _restore_reporter(rep, rsession, namespace)
-        created, invoker_kind, invoker_name, retry = rsession.created, "RestoreSession", rsession.name, None
-        obj_kind = "RestoreSession"
+            raise BadInput(f"--hook-type={hook_type}: a {session_ref.kind}'s hooks are {' or '.join(_RESTORE_HOOKS)}")
+        obj_kind = invoker_kind = session_ref.kind
+        if session_ref.kind == "RestoreBatch" and not settings.target_name:
+            # The batch's global hook (Stash's operator runs it), recorded on the RestoreBatch's own conditions.
+            batch = _read_restore_batch(rep.source, namespace, session_ref.name, session_ref.named_by)
+            hooks, ref, global_ = batch.hooks, None, True
+            recorder = SessionConditions(rep.writer, "RestoreBatch", namespace, batch.name)
+            created, invoker_name, retry = batch.created, batch.name, None
+        else:
+            # A RestoreSession's hook, or a RestoreBatch member's local one (on its status.members entry).
+            rsession, make_reporter = _restore_report_target(rep, namespace, session_ref, settings.target_name,
+                                                             settings.target_kind)
+            hooks, ref, global_ = rsession.hooks, rsession.target, False
+            recorder = make_reporter(1)
+            created, invoker_name, retry = rsession.created, rsession.name, None
     hook = hooks.pre if hook_type in (PRE_BACKUP, PRE_RESTORE) else hooks.post
     if hook is None:
         log.info("run-hook: %s %s/%s has no %s hook%s", obj_kind, namespace, session_ref.name, hook_type,
@@ -622,6 +706,9 @@ def run_hook_step(rep: Reporting, namespace: str, session_ref: SessionToUpdate, 
     phase, error = SUCCEEDED, ""
     if hook is hooks.post and rep.writer is not None:
         current = rep.writer.get(obj_kind, namespace, session_ref.name).get("status") or {}
+        if obj_kind == "RestoreBatch":
+            # A batch's members are its targets: the member's entry (every member's, for a global hook) decides.
+            current = {"targets": current.get("members") or [], "phase": current.get("phase")}
         phase, error = session_phase(current, ref)
     runner = HookRunner(rep.source, rep.writer, namespace, ref)
     cond = runner.run(hook, summary(session_name=session_ref.name, namespace=namespace, invoker_kind=invoker_kind,

@@ -90,7 +90,8 @@ class SessionConditions:
 
         def change(obj: dict) -> dict | None:
             old = obj.get("status") or {}
-            new = status.record_session_condition(old, cond, now=when)
+            created = str((obj.get("metadata") or {}).get("creationTimestamp") or when)
+            new = status.record_session_condition(old, cond, created=created, now=when)
             return None if new == old else new
 
         self.writer.update_status(self.kind, self.namespace, self.name, change)

@@ -1,7 +1,8 @@
 """Reporting a run back to the operator as Stash's executor does: session status, Events, metrics.
 
 A ``BackupReporter`` records one host of one target of a BackupSession; a ``RestoreReporter`` one host of
-a RestoreSession. Status writes go through a ``StatusWriter`` (``kube.Cluster``): read, change, write
+a RestoreSession; a ``RestoreMemberReporter`` one host of a RestoreBatch's member (its status.members entry).
+Status writes go through a ``StatusWriter`` (``kube.Cluster``): read, change, write
 with the resourceVersion read, again on a conflict, so that hosts and targets finishing at the same
 moment never drop each other's entries. Without a writer (objects from ``--objects`` files) only the
 metrics are pushed.
@@ -19,7 +20,7 @@ from __future__ import annotations
 import logging
 import time
 import unicodedata
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -32,7 +33,7 @@ from stash_runner.restic.timefmt import format_time, now, parse_time
 from . import metrics, status
 from .objects import Repository
 from .output import HostResult
-from .sessions import BackupSession, ObjectRef, RestoreSession
+from .sessions import BackupSession, ObjectRef, RestoreBatch, RestoreSession
 from .status import Condition
 
 log = logging.getLogger("stash_runner")
@@ -172,12 +173,21 @@ class BackupReporter(_Reporter):
         self.metrics_target: metrics.Target | None = None
         self.total_hosts = 1
         self.expected_targets = 1
+        self.order: list[dict] = []
 
     def set_target(self, ref: ObjectRef, *, app_type: str | None = None, total_hosts: int = 1,
-                   expected_targets: int = 1) -> None:
+                   expected_targets: int = 1, order: Sequence[ObjectRef] = ()) -> None:
+        """This run's target; ``order``: the invoker's targets, in whose order the session lists its entries."""
         self.target_ref = ref.json()
         self.metrics_target = metrics.Target.from_ref(self.target_ref, app_type)
         self.total_hosts, self.expected_targets = total_hosts, expected_targets
+        self.order = [r.json() for r in order]
+
+    def _write(self, fn: Callable[[dict], dict], kind: str = "", name: str = "", namespace: str = "") -> _Write:
+        if self.order and not kind:  # the session's own status: its targets in the invoker's members order
+            inner = fn
+            return super()._write(lambda st: status.targets_in_order(inner(st), self.order), kind, name, namespace)
+        return super()._write(fn, kind, name, namespace)
 
     def set_hosts(self, hostnames: list[str]) -> None:
         """The target's totalHosts, once the driver has named its hosts (several for a sharded cluster)."""
@@ -357,12 +367,12 @@ _GO_ESCAPES = {"\a": "\\a", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", 
 def host_event(session_kind: str, host: HostResult,
                target: Mapping[str, str] | None = None) -> tuple[str, str, bool]:
     """(reason, message, warning) of the Event Stash's status updater writes for one host of a BackupSession or
-    RestoreSession (stash pkg/status/status.go: UpdatePostBackupStatus, UpdatePostRestoreStatus). ``target``
-    is the backup target's ref ({kind, name}); an unknown one quotes as "" like Stash's empty TargetRef."""
+    RestoreSession or RestoreBatch (stash pkg/status/status.go: UpdatePostBackupStatus, UpdatePostRestoreStatus).
+    ``target`` is the backup target's ref ({kind, name}); an unknown one quotes as "" like Stash's empty TargetRef."""
     # Stash goes by the error alone; a host Failed without one is a failure here too (as in the metrics).
     failed = host.phase != status.SUCCEEDED or bool(host.error)
     reason_text = one_line(host.error)  # the one free-text part: one line, as in the status
-    if session_kind == "RestoreSession":
+    if session_kind in ("RestoreSession", "RestoreBatch"):  # a batch member's hosts are worded as a session's
         if failed:
             return REASON_HOST_RESTORE_FAILED, \
                 f"restore failed for host {go_quote(host.hostname)}. Reason: {reason_text}", True
@@ -442,3 +452,72 @@ class RestoreReporter(_Reporter):
                                                              duration_seconds=_seconds_since(self.session.created),
                                                              succeeded=ok))
             self._session_ended(phase)
+
+
+class RestoreMemberReporter(_Reporter):
+    """One member of a RestoreBatch, as a RestoreReporter does for a RestoreSession, but into the batch's
+    status.members entry for the member's target; the batch ends when every member of spec.members has."""
+
+    kind = "RestoreBatch"
+
+    def __init__(self, writer: StatusWriter | None, batch: RestoreBatch, ref: ObjectRef, pusher: Pusher,
+                 target: metrics.Target | None = None, total_hosts: int = 1) -> None:
+        super().__init__(writer, batch.obj, batch.namespace, batch.name, pusher)
+        self.batch, self.target, self.total_hosts = batch, target, total_hosts
+        self.member_ref = ref.json()
+        self.members = [r.json() for r in batch.refs]
+
+    def started(self) -> None:
+        when = _now()
+        self._write(lambda st: status.start_restore_member(st, self.member_ref, self.total_hosts,
+                                                           members=self.members, created=self.batch.created,
+                                                           now=when))
+
+    def hook_conditions(self) -> dict[str, bool | None]:
+        """The member's hook conditions as the batch has them now."""
+        if self.writer is None:
+            return {}
+        st = self.writer.get(self.kind, self.namespace, self.name).get("status") or {}
+        entry = status.member_entry(st, self.member_ref) or {}
+        return {str(c.get("type")): c.get("status") == "True" for c in entry.get("conditions") or []}
+
+    def record_hook(self, cond: Condition) -> None:
+        """A local hook's condition on the member's entry; a failed one fails the member."""
+        when = _now()
+        w = self._write(lambda st: status.record_restore_member_condition(
+            st, self.member_ref, cond, total_hosts=self.total_hosts, members=self.members,
+            created=self.batch.created, now=when))
+        self._maybe_ended(w)
+
+    def set_hosts(self, hostnames: list[str]) -> None:
+        """The member's totalHosts, once the driver has named the hosts it restores."""
+        if len(hostnames) == self.total_hosts:
+            return
+        self.total_hosts = total = len(hostnames)
+        self._write(lambda st: status.set_restore_member_hosts(st, self.member_ref, total, members=self.members))
+
+    def host_done(self, host: HostResult) -> None:
+        when = _now()
+        w = self._write(lambda st: status.record_restore_member_host(
+            st, self.member_ref, host.to_json(), total_hosts=self.total_hosts, members=self.members,
+            created=self.batch.created, now=when))
+        self._host_event(host)
+        if self.target is not None:
+            self.pusher.push(metrics.restore_host_metrics(self.pusher.invoker, self.target, [host]),
+                             grouping=metrics.host_grouping(host.hostname))
+        self._maybe_ended(w)
+
+    def _maybe_ended(self, w: _Write) -> None:
+        """The write that ended the batch (whichever member's) pushes the batch's metrics, every member in them."""
+        phase = w.ended
+        if phase is None:
+            return
+        ok = phase == status.SUCCEEDED
+        outcome = [metrics.TargetOutcome(
+            self.target if self.target is not None and status.same_ref(m.get("ref") or {}, self.member_ref)
+            else metrics.Target.from_ref(m.get("ref") or {}),
+            m.get("phase") == status.SUCCEEDED, m.get("totalHosts")) for m in w.new.get("members") or []]
+        self.pusher.push(metrics.restore_session_metrics(self.pusher.invoker, outcome,
+                                                         duration_seconds=_seconds_since(self.batch.created),
+                                                         succeeded=ok))
+        self._session_ended(phase)

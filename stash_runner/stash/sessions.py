@@ -237,10 +237,14 @@ class RestoreSession:
     obj: dict = field(default_factory=dict, repr=False, compare=False)
     #: its preRestore/postRestore hooks
     hooks: Hooks = field(default_factory=Hooks)
+    #: the object this restore reports to: a RestoreSession, or the RestoreBatch a member belongs to (``name`` is
+    #: then the batch's), and where its target lies in that object's spec (for messages)
+    invoker_kind: str = "RestoreSession"
+    target_path: str = "spec.target"
 
     @property
     def ref(self) -> str:
-        return f"RestoreSession {self.namespace}/{self.name}"
+        return f"{self.invoker_kind} {self.namespace}/{self.name}"
 
     def rule_for(self, hostname: str) -> RestoreRule:
         """Stash's rule choice: the first rule naming this host, else the first with no targetHosts."""
@@ -251,7 +255,7 @@ class RestoreSession:
             if not rule.target_hosts:
                 return rule
         if self.rules:
-            raise BadInput(f"{self.ref}: spec.target.rules: no rule for host {hostname!r}")
+            raise BadInput(f"{self.ref}: {self.target_path}.rules: no rule for host {hostname!r}")
         return RestoreRule()
 
     @classmethod
@@ -323,10 +327,31 @@ class RestoreBatch:
     timeout: float | None = None
     #: the global preRestore/postRestore hooks
     hooks: Hooks = field(default_factory=Hooks)
+    uid: str = ""
+    created: str = ""
+    obj: dict = field(default_factory=dict, repr=False, compare=False)  # as read, for Events
 
     @property
     def ref(self) -> str:
         return f"RestoreBatch {self.namespace}/{self.name}"
+
+    @property
+    def refs(self) -> list[ObjectRef]:
+        """The members' targets in spec.members order (the order of status.members)."""
+        return [m.session.target for m in self.members if m.session.target is not None]
+
+    def member(self, name: str = "", kind: str = "") -> RestoreMember:
+        """The member a Job restores: the one whose target is named (Stash's TARGET_NAME), or the only one."""
+        if name:
+            for m in self.members:
+                t = m.session.target
+                if t is not None and t.name == name and (not kind or t.kind == kind):
+                    return m
+            raise BadInput(f"{self.ref}: no member with target {name!r} "
+                           f"(members: {', '.join(t.name for t in self.refs) or 'none'})")
+        if len(self.members) != 1:
+            raise BadInput(f"{self.ref}: {len(self.members)} members; say which one with --appbinding/--target-name")
+        return self.members[0]
 
     @classmethod
     def from_object(cls, obj: dict, namespace: str) -> RestoreBatch:
@@ -335,19 +360,24 @@ class RestoreBatch:
         spec = field_at(obj, "spec", ref, kind=dict)
         repo = field_at(obj, "spec.repository.name", ref, kind=str)
         repo_ns = (spec.get("repository") or {}).get("namespace") or ns
+        meta = obj.get("metadata") or {}
+        uid, created = str(meta.get("uid") or ""), str(meta.get("creationTimestamp") or "")
+        timeout = _timeout(spec, ref)
         members = []
         for i, m in enumerate(field_at(obj, "spec.members", ref, kind=list)):
             path = f"spec.members[{i}]"
             if not isinstance(m, dict) or not isinstance(m.get("target"), dict):
                 raise BadInput(f"{ref}: {path}.target is missing")
             target = m["target"]
-            session = RestoreSession(ns, name, "", "", repo, repo_ns,
+            # Named, timed and reported as the batch: a member's Job writes to the RestoreBatch's status.
+            session = RestoreSession(ns, name, uid, created, repo, repo_ns,
                                      ObjectRef.from_json(target.get("ref"), ref, f"{path}.target.ref"),
-                                     _rules(target, ref, f"{path}.target"), None, _params(m.get("task")), m,
-                                     parse_hooks(m.get("hooks"), f"{ref}: {path}.hooks", restore=True))
+                                     _rules(target, ref, f"{path}.target"), timeout, _params(m.get("task")), obj,
+                                     parse_hooks(m.get("hooks"), f"{ref}: {path}.hooks", restore=True),
+                                     "RestoreBatch", f"{path}.target")
             members.append(RestoreMember(str(target.get("alias") or ""), session))
-        return cls(ns, name, repo, repo_ns, tuple(members), execution_order(spec, ref), _timeout(spec, ref),
-                   parse_hooks(spec.get("hooks"), f"{ref}: spec.hooks", restore=True))
+        return cls(ns, name, repo, repo_ns, tuple(members), execution_order(spec, ref), timeout,
+                   parse_hooks(spec.get("hooks"), f"{ref}: spec.hooks", restore=True), uid, created, obj)
 
 
 def read_restore_batch(source: ObjectSource, namespace: str, name: str) -> RestoreBatch:

@@ -1,4 +1,4 @@
-"""Stash's status shapes for BackupSession, RestoreSession and Repository, as pure functions.
+"""Stash's status shapes for BackupSession, RestoreSession, RestoreBatch and Repository, as pure functions.
 
 Each function takes the ``.status`` just read (maybe empty) and returns the one to write. The caller
 writes with optimistic concurrency and calls the function again after a conflict, so the functions are
@@ -8,7 +8,7 @@ deterministic and keep whatever other writers put there: other hosts' entries, o
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 from stash_runner.conditions import Condition
 from stash_runner.restic.timefmt import go_duration, parse_time
@@ -218,10 +218,15 @@ def record_target_condition(status: Mapping, ref: Mapping, cond: Condition, *, t
     return _with_session_phase(new, expected_targets, created, now)
 
 
-def record_session_condition(status: Mapping, cond: Condition, *, now: str) -> dict:
-    """A condition on the session itself (a batch's global hooks)."""
+def record_session_condition(status: Mapping, cond: Condition, *, created: str, now: str) -> dict:
+    """A condition on the session itself (a batch's global hooks). A failed global hook fails the session, as
+    Stash's calculateBackupSessionPhase and its restore twin do."""
     new = copy.deepcopy(dict(status))
     new["conditions"] = set_conditions(new.get("conditions"), [cond], now)
+    if not cond.ok and cond.type.startswith("Global"):
+        new["phase"] = FAILED
+        if not new.get("sessionDuration"):
+            new["sessionDuration"] = _duration_since(created, now)
     return new
 
 
@@ -268,6 +273,118 @@ def record_restore_host(status: Mapping, host: Mapping, *, total_hosts: int, cre
     if phase in TERMINAL and not new.get("sessionDuration"):
         new["sessionDuration"] = _duration_since(created, now)
     return new
+
+
+# -- RestoreBatch ----------------------------------------------------------------------------
+# A member's Job writes its entry of status.members (Stash's RestoreMemberStatus: ref, conditions, totalHosts,
+# phase, stats); the batch's phase follows from every member of spec.members.
+
+#: a batch's global hook conditions (set by run-hook); one of them False fails the batch once its members ended
+GLOBAL_RESTORE_HOOKS = ("GlobalPreRestoreHookSucceeded", "GlobalPostRestoreHookSucceeded")
+
+
+def member_entry(status: Mapping, ref: Mapping) -> dict | None:
+    """The RestoreBatch's status.members entry for target ``ref``, if it has one."""
+    for m in status.get("members") or []:
+        if same_ref(m.get("ref") or {}, ref):
+            return m
+    return None
+
+
+def _ensure_member_entry(status: dict, ref: Mapping, total_hosts: int, members: Sequence[Mapping]) -> dict:
+    """The member's entry (created when missing; a host count already there is kept), entries kept in
+    spec.members order (entries for refs the spec no longer names go last, as they were)."""
+    entry = member_entry(status, ref)
+    if entry is None:
+        entry = {"ref": dict(ref), "totalHosts": total_hosts, "phase": PENDING, "stats": []}
+        status.setdefault("members", []).append(entry)
+    entry.setdefault("totalHosts", total_hosts)
+    status["members"] = in_ref_order(status["members"], members)
+    return entry
+
+
+def in_ref_order(entries: list[dict], refs: Sequence[Mapping]) -> list[dict]:
+    """Entries (each with a ``ref``) in the order ``refs`` lists them — Stash's spec.members order; entries for
+    refs it does not name go last, in the order they were (the sort is stable)."""
+    def rank(e: Mapping) -> int:
+        return next((i for i, r in enumerate(refs) if same_ref(e.get("ref") or {}, r)), len(refs))
+
+    return sorted(entries, key=rank)
+
+
+def targets_in_order(status: dict, refs: Sequence[Mapping]) -> dict:
+    """A BackupSession's status with its targets in spec.members order (as the operator creates them)."""
+    if status.get("targets") and refs:
+        status = {**status, "targets": in_ref_order(status["targets"], refs)}
+    return status
+
+
+def restore_batch_phase(status: Mapping, members: Sequence[Mapping]) -> str:
+    """Running until every member of spec.members has a terminal phase; then Failed if one failed (or a global
+    hook did), else Succeeded."""
+    phases = [(member_entry(status, ref) or {}).get("phase") for ref in members]
+    if not members or any(p not in TERMINAL for p in phases):
+        return RUNNING
+    if FAILED in phases or any(condition(status, c) is False for c in GLOBAL_RESTORE_HOOKS):
+        return FAILED
+    return SUCCEEDED
+
+
+def _with_batch_phase(status: dict, members: Sequence[Mapping], created: str, now: str) -> dict:
+    phase = restore_batch_phase(status, members)
+    if status.get("phase") in TERMINAL:
+        phase = status["phase"]  # a finished batch stays as it finished
+    status["phase"] = phase
+    if phase in TERMINAL and not status.get("sessionDuration"):
+        status["sessionDuration"] = _duration_since(created, now)
+    return status
+
+
+def _member_phase(entry: Mapping, total_hosts: int) -> str:
+    if _hook_failed(entry.get("conditions")):
+        return FAILED
+    return _hosts_phase(entry.get("stats") or [], int(entry.get("totalHosts") or total_hosts))
+
+
+def start_restore_member(status: Mapping, ref: Mapping, total_hosts: int, *, members: Sequence[Mapping],
+                         created: str, now: str) -> dict:
+    """The member's entry Running (with its host count), and the batch Running, before its restore starts."""
+    new = copy.deepcopy(dict(status))
+    entry = _ensure_member_entry(new, ref, total_hosts, members)
+    if entry.get("phase") not in TERMINAL:
+        entry["phase"] = RUNNING
+    return _with_batch_phase(new, members, created, now)
+
+
+def set_restore_member_hosts(status: Mapping, ref: Mapping, total_hosts: int, *, members: Sequence[Mapping]) -> dict:
+    """A member's host count once its driver has named its hosts (a sharded cluster's)."""
+    new = copy.deepcopy(dict(status))
+    _ensure_member_entry(new, ref, total_hosts, members)["totalHosts"] = total_hosts
+    return new
+
+
+def record_restore_member_condition(status: Mapping, ref: Mapping, cond: Condition, *, total_hosts: int,
+                                    members: Sequence[Mapping], created: str, now: str) -> dict:
+    """A hook's condition on the member's entry; a failed hook fails the member (and, once all ended, the batch)."""
+    new = copy.deepcopy(dict(status))
+    entry = _ensure_member_entry(new, ref, total_hosts, members)
+    entry["conditions"] = set_conditions(entry.get("conditions"), [cond], now)
+    if _hook_failed(entry["conditions"]):
+        entry["phase"] = FAILED
+        if new.get("phase") == SUCCEEDED:
+            new["phase"] = FAILED  # a post hook runs after the member's restore; its failure fails the batch
+    return _with_batch_phase(new, members, created, now)
+
+
+def record_restore_member_host(status: Mapping, ref: Mapping, host: Mapping, *, total_hosts: int,
+                               members: Sequence[Mapping], created: str, now: str) -> dict:
+    """A host's result (hostname, phase, duration, error) under its member; member and batch phases follow."""
+    new = copy.deepcopy(dict(status))
+    entry = _ensure_member_entry(new, ref, total_hosts, members)
+    keep = ("hostname", "phase", "duration", "error")
+    entry["stats"] = _upsert_host(entry.get("stats") or [], {k: v for k, v in host.items() if k in keep})
+    entry["phase"] = _member_phase(entry, total_hosts)
+    return _with_batch_phase(new, members, created, now)
 
 
 # -- Repository ------------------------------------------------------------------------------

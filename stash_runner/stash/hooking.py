@@ -81,7 +81,7 @@ class SessionConditions:
         if self.writer is None:
             return {}
         st = self.writer.get(self.kind, self.namespace, self.name).get("status") or {}
-        return {str(c.get("type")): c.get("status") == "True" for c in st.get("conditions") or []}
+        return status.condition_states(st.get("conditions"))
 
     def record_hook(self, cond: Condition) -> None:
         if self.writer is None:

@@ -211,7 +211,7 @@ class BackupReporter(_Reporter):
             return {}
         st = self.writer.get(self.kind, self.namespace, self.name).get("status") or {}
         entry = status.target_entry(st, self.target_ref) or {}
-        return {str(c.get("type")): c.get("status") == "True" for c in entry.get("conditions") or []}
+        return status.condition_states(entry.get("conditions"))
 
     def record_hook(self, cond: Condition) -> None:
         """A hook's condition on the target's entry; a failed one fails the target (and the session)."""
@@ -422,7 +422,7 @@ class RestoreReporter(_Reporter):
         if self.writer is None:
             return {}
         st = self.writer.get(self.kind, self.namespace, self.name).get("status") or {}
-        return {str(c.get("type")): c.get("status") == "True" for c in st.get("conditions") or []}
+        return status.condition_states(st.get("conditions"))
 
     def record_hook(self, cond: Condition) -> None:
         """A hook's condition on the RestoreSession; a failed one fails it."""
@@ -479,7 +479,7 @@ class RestoreMemberReporter(_Reporter):
             return {}
         st = self.writer.get(self.kind, self.namespace, self.name).get("status") or {}
         entry = status.member_entry(st, self.member_ref) or {}
-        return {str(c.get("type")): c.get("status") == "True" for c in entry.get("conditions") or []}
+        return status.condition_states(entry.get("conditions"))
 
     def record_hook(self, cond: Condition) -> None:
         """A local hook's condition on the member's entry; a failed one fails the member."""

@@ -50,6 +50,11 @@ def set_conditions(conditions: list[dict] | None, new: Iterable[Condition], now:
     return out
 
 
+def condition_states(conditions: Iterable[Mapping] | None) -> dict[str, bool | None]:
+    """Condition type -> True/False as recorded (a hook whose condition is recorded is not run again)."""
+    return {str(c.get("type")): c.get("status") == "True" for c in conditions or []}
+
+
 def condition(status: Mapping, type_: str) -> bool | None:
     """True/False for a condition that is set, None for one that is not."""
     for c in status.get("conditions") or []:

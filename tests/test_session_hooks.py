@@ -356,3 +356,12 @@ def test_a_failed_global_pre_hook_fails_the_batch_s_session(kube, hook_target, t
     assert (cond["type"], cond["status"], cond["reason"]) == ("GlobalPreBackupHookSucceeded", "False",
                                                               "GlobalPreBackupHookExecutionFailed")
     assert cond["message"].startswith("Failed to execute global PreBackup Hook. Reason: ") and "500" in cond["message"]
+
+
+def test_run_hook_without_a_session_is_a_one_line_error_naming_run_hook(tmp_path):
+    objects = objects_yaml(str(tmp_path / "o.yaml"), repo_dir=str(tmp_path / "repo"), namespace="demo")
+    r = runner("run-hook", "--hook-type=preBackup", "--namespace=demo", "--objects", objects)
+    assert r.returncode == 2
+    assert r.stderr.decode().strip().splitlines() == [
+        "stash-runner: error: run-hook: no session: give --backupsession, or --invoker-kind=RestoreSession "
+        "--invoker-name (or --restoresession)"]

@@ -32,7 +32,8 @@ def run_hook(**kw) -> None:
     """Run one hook of a session as Stash's run-hook does and record its condition: a failed pre hook exits 11 (the
     Job stops before the backup or restore), a failed post hook is recorded on the session and exits 0, as
     Stash's does."""
-    session = session_to_update(kw["backupsession"], kw["restoresession"], kw["invoker_kind"], kw["invoker_name"])
+    session = session_to_update(kw["backupsession"], kw["restoresession"], kw["invoker_kind"], kw["invoker_name"],
+                                command="run-hook")
     with open_objects(kw["objects"], kw["kubeconfig"]) as (source, cluster):
         run_hook_step(reporting(source, cluster, kw), kw["namespace"], session,
                       RunHookSettings(kw["hook_type"], kw["target_kind"], kw["target_name"]))

@@ -473,7 +473,7 @@ class SessionToUpdate:
 
 
 def session_to_update(backupsession: str, restoresession: str = "", invoker_kind: str = "",
-                      invoker_name: str = "") -> SessionToUpdate:
+                      invoker_name: str = "", command: str = "update-status") -> SessionToUpdate:
     """The session an update-status step reports to, chosen as Stash's does: the BackupSession when
     --backupsession is given, else the restore invoker (the operator passes ``--backupsession=`` and names the
     RestoreSession or RestoreBatch by --invoker-kind/--invoker-name; --restoresession is our own and older Stash's
@@ -501,7 +501,7 @@ def session_to_update(backupsession: str, restoresession: str = "", invoker_kind
             raise BadInput("--invoker-kind=RestoreBatch: --invoker-name is missing (the RestoreBatch's name)")
         return SessionToUpdate("RestoreBatch", named, f"--invoker-kind=RestoreBatch --invoker-name={named}")
     if not (restoresession or named):
-        raise BadInput("update-status: no session: give --backupsession, or --invoker-kind=RestoreSession "
+        raise BadInput(f"{command}: no session: give --backupsession, or --invoker-kind=RestoreSession "
                        "--invoker-name (or --restoresession)")
     return SessionToUpdate("RestoreSession", restoresession or named)
 

@@ -143,9 +143,14 @@ def all_targets_succeeded(status: Mapping, expected_targets: int) -> bool:
 
 
 def _with_session_phase(status: dict, expected_targets: int, created: str, now: str) -> dict:
-    phase = backup_session_phase(status, expected_targets)
+    return _settle(status, backup_session_phase(status, expected_targets), created, now)
+
+
+def _settle(status: dict, phase: str, created: str, now: str) -> dict:
+    """``phase`` into ``status`` unless it had finished already (a finished session or batch stays as it
+    finished), with ``sessionDuration`` once it is final."""
     if status.get("phase") in TERMINAL:
-        phase = status["phase"]  # a finished session stays as it finished
+        phase = status["phase"]
     status["phase"] = phase
     if phase in TERMINAL and not status.get("sessionDuration"):
         status["sessionDuration"] = _duration_since(created, now)
@@ -336,13 +341,7 @@ def restore_batch_phase(status: Mapping, members: Sequence[Mapping]) -> str:
 
 
 def _with_batch_phase(status: dict, members: Sequence[Mapping], created: str, now: str) -> dict:
-    phase = restore_batch_phase(status, members)
-    if status.get("phase") in TERMINAL:
-        phase = status["phase"]  # a finished batch stays as it finished
-    status["phase"] = phase
-    if phase in TERMINAL and not status.get("sessionDuration"):
-        status["sessionDuration"] = _duration_since(created, now)
-    return status
+    return _settle(status, restore_batch_phase(status, members), created, now)
 
 
 def _member_phase(entry: Mapping, total_hosts: int) -> str:

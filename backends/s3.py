@@ -137,7 +137,9 @@ class S3Backend(Backend):
         if isinstance(e, botocore.exceptions.NoCredentialsError):
             return AccessDeniedError(f"{self.location}: no S3 credentials: set AWS_ACCESS_KEY_ID and "
                                      "AWS_SECRET_ACCESS_KEY in the storage Secret, or give the pod an identity")
-        if isinstance(e, botocore.exceptions.SSLError):
+        if isinstance(e, botocore.exceptions.SSLError) and "CERTIFICATE_VERIFY_FAILED" in str(e):
+            # An untrusted certificate will not heal by retrying; any other TLS failure (an alert in
+            # the handshake, a connection cut mid-way) may, and falls through to the retried errors.
             return BackendError(f"{self.location}: {what}: TLS failed ({e}); for a private CA put it in the "
                                 "storage Secret's CA_CERT_DATA (or use insecureTLS / --insecure-tls)")
         if isinstance(e, _TRANSIENT_ERRORS):

@@ -17,10 +17,28 @@ import psycopg
 SUPERUSER_PASSWORD = "pg-Secret-Pass-42"
 
 
+def _port_candidates() -> Iterator[int]:
+    # Below the kernel's ephemeral range (32768-60999), so no client socket of this machine can take
+    # the port between our check and the server's bind; a random start keeps concurrent test runs apart.
+    low, high = 20000, 32000
+    start = low + int.from_bytes(os.urandom(2), "big") % (high - low)
+    for i in range(high - low):
+        yield low + (start + i) % (high - low)
+
+
+_PORTS = _port_candidates()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port nobody listens on, never handed out twice in this test run."""
+    for port in _PORTS:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free loopback port left in 20000-32000")
 
 
 def pg_bindir() -> str:

@@ -1,6 +1,6 @@
 PYTHON ?= python3
 
-.PHONY: deps test lint demo bench clean
+.PHONY: deps test lint demo bench clean images image-test
 
 deps:
 	@bash scripts/install-deps.sh
@@ -10,6 +10,15 @@ test: deps
 
 lint: deps
 	$(PYTHON) -m ruff check .
+	hadolint --config .hadolint.yaml images/*.Containerfile tests/peers/*.Containerfile
+
+# The container images (podman; the Debian base is made locally once per machine): see README "Container images".
+images: deps
+	bash scripts/build-images.sh
+
+# A real backup and restore inside each built image (also part of `make test`).
+image-test: images
+	$(PYTHON) -m pytest -q tests/test_images.py
 
 demo: deps
 	$(PYTHON) scripts/demo.py

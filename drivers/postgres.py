@@ -10,14 +10,18 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
+import psycopg
+
 from stash_runner.errors import BadInput, DatabaseUnreachable
 
+from . import pgclient
 from .base import Driver, DriverOptions, Endpoint
-from .process import DumpProcess, feed
+from .pgclient import Client
+from .process import DumpProcess, feed, redact
 
 log = logging.getLogger("stash_runner")
 
@@ -63,7 +67,8 @@ class PostgresDriver(Driver):
     filename = FILENAME
 
     def __init__(self, conn: Connection, *, backup_cmd: str = "pg_dumpall", pg_args: str = "",
-                 scratch_dir: str | None = None):
+                 scratch_dir: str | None = None, purpose: str = "backup", clients: Sequence[Client] | None = None):
+        """``clients``: the installed clients to choose from (default: ``pgclient.find_clients()``, on first use)."""
         if backup_cmd not in BACKUP_COMMANDS:
             raise BadInput(f"--backup-cmd {backup_cmd!r}: must be pg_dumpall or pg_dump")
         try:
@@ -72,6 +77,11 @@ class PostgresDriver(Driver):
             raise BadInput(f"--pg-args: {e}") from None
         self.conn = conn
         self.backup_cmd = backup_cmd
+        self.purpose = purpose
+        self._clients = list(clients) if clients is not None else None
+        self._version: int | None = None
+        self._version_read = False
+        self._chosen: dict[str, str] = {}
         self.target = f"PostgreSQL at {conn.host}:{conn.port} ({conn.ref})"
         self._tmp = tempfile.mkdtemp(prefix="pg-", dir=scratch_dir if scratch_dir and os.path.isdir(scratch_dir)
                                      else None)
@@ -81,7 +91,7 @@ class PostgresDriver(Driver):
     def from_endpoint(cls, endpoint: Endpoint, options: DriverOptions) -> PostgresDriver:
         conn = Connection.from_endpoint(endpoint, user=options.user)
         return cls(conn, backup_cmd=options.backup_cmd or "pg_dumpall", pg_args=options.args,
-                   scratch_dir=options.scratch_dir)
+                   scratch_dir=options.scratch_dir, purpose=options.purpose)
 
     def _write_private(self, name: str, data: bytes) -> str:
         path = os.path.join(self._tmp, name)
@@ -121,6 +131,8 @@ class PostgresDriver(Driver):
             except FileNotFoundError:
                 raise DatabaseUnreachable("pg_isready is not installed (not found on PATH)") from None
             if r.returncode == 0:
+                # Choose the client now, so that a missing or too old one fails before the repository is touched.
+                self._tool_path("psql" if self.purpose == "restore" else self.backup_cmd)
                 return
             last = (r.stdout + r.stderr).strip().replace("\n", " ")
             if time.monotonic() >= deadline:
@@ -129,8 +141,36 @@ class PostgresDriver(Driver):
                 )
             time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
 
+    def _server_version(self) -> int | None:
+        """The server's ``server_version_num``, read once; None when it cannot be read."""
+        if not self._version_read:
+            self._version_read = True
+            try:
+                self._version = pgclient.server_version(self._env)
+            except (psycopg.Error, ValueError) as e:  # the tool then reports a connection problem itself
+                log.warning("could not read the server version of %s: %s", self.target,
+                            redact(str(e), [self.conn.password]))
+        return self._version
+
+    def _tool_path(self, tool: str) -> str:
+        """The absolute path of ``tool`` from the client matched to the server (pgclient.choose); ToolFailed when
+        none fits."""
+        if tool not in self._chosen:
+            if self._clients is None:
+                self._clients = pgclient.find_clients()
+            version = self._server_version()
+            major = pgclient.major_of(version) if version is not None else None
+            shown = pgclient.format_version(version) if version is not None else ""
+            choice = pgclient.choose(major, self._clients, tool, server_version=shown, target=self.target)
+            server = f"PostgreSQL {shown}" if shown else "version unknown"
+            (log.warning if choice.warn else log.info)(
+                "server %s; using %s %d from %s (%s)", server, tool, choice.client.major, choice.client.bindir,
+                choice.reason)
+            self._chosen[tool] = choice.path
+        return self._chosen[tool]
+
     def dump(self) -> AbstractContextManager[DumpProcess]:
-        argv = [self.backup_cmd, *self.args]
+        argv = [self._tool_path(self.backup_cmd), *self.args]
         log.info("dumping %s with %s", self.target, shlex.join(argv))
         return DumpProcess(
             argv, self._env, "/" + FILENAME, secrets=[self.conn.password],
@@ -140,7 +180,7 @@ class PostgresDriver(Driver):
     def restore(self, chunks: Iterator[bytes]) -> None:
         env = dict(self._env)
         env.setdefault("PGDATABASE", "postgres")
-        argv = ["psql", "--no-psqlrc", "--quiet", "-v", "ON_ERROR_STOP=1", *self.args]
+        argv = [self._tool_path("psql"), "--no-psqlrc", "--quiet", "-v", "ON_ERROR_STOP=1", *self.args]
         log.info("restoring into %s with %s", self.target, shlex.join(argv))
         keep_password = {"postgres", self.conn.user}
         feed(argv, env, _filter_globals(chunks, keep_password), secrets=[self.conn.password])

@@ -47,4 +47,5 @@ fi
 bash scripts/install-mongo-peers.sh  # FerretDB and mongo-java-server, cached outside the clone
 bash scripts/install-es-peers.sh  # Elasticsearch 7/8, OpenSearch 2 and elasticdump, cached outside the clone
 bash scripts/install-kube-peers.sh  # etcd and kube-apiserver from the Go module proxy, cached outside the clone
+bash scripts/install-image-tools.sh  # podman, runc, mmdebstrap, hadolint and the Debian base images, made once per machine
 echo "install-deps: ok (restic $(restic version | cut -d' ' -f2), PostgreSQL $(ls /usr/lib/postgresql | sort -n | tail -1))"

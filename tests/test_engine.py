@@ -11,7 +11,7 @@ import pytest
 
 from backends.base import FileType, Handle
 from backends.local import LocalBackend
-from stash_runner.errors import IntegrityError, RepositoryNotFound, WrongPassword
+from stash_runner.errors import IntegrityError, RepositoryNotFound, SnapshotNotFound, WrongPassword
 from stash_runner.restic import crypto
 from stash_runner.restic.archiver import Archiver
 from stash_runner.restic.chunker_polynomial import is_irreducible, random_polynomial
@@ -162,6 +162,18 @@ def test_wrong_password_and_missing_repository(tmp_path):
         Repository.open(LocalBackend(root), "not the password")
     with pytest.raises(RepositoryNotFound):
         Repository.open(LocalBackend(str(tmp_path / "nothing")), REPO_PASSWORD)
+
+
+def test_a_snapshot_is_found_by_stashs_name_for_it(tmp_path):
+    """Stash names a snapshot "<repository>-<short id>" (kubectl get snapshots; a RestoreSession rule holds that
+    name, and the operator passes it to restore Functions as --snapshot): it finds the snapshot as its ID does."""
+    repo = Repository.init(LocalBackend(str(tmp_path / "repo")), REPO_PASSWORD)
+    snap_id = backup_bytes(repo, b"x" * 1000)
+    for name in (snap_id[:8], f"repo-{snap_id[:8]}", f"my-pg-repo-{snap_id[:8]}", f"r-{snap_id}"):
+        assert repo.find_snapshot(name).id == snap_id, name
+    for wrong in (f"repo-{'0' * 8}", "repo-", f"{snap_id[:8]}-x"):
+        with pytest.raises(SnapshotNotFound):
+            repo.find_snapshot(wrong)
 
 
 def test_damaged_pack_is_detected_on_read(tmp_path):

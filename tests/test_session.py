@@ -204,26 +204,40 @@ def envsubst(text: str, env: dict[str, str]) -> str:
     return re.sub(r"\$\{(\w+)(?::=([^}]*))?\}", lambda mt: env.get(mt.group(1)) or mt.group(2) or "", text)
 
 
+CATALOG = os.path.join(ROOT, "deploy", "catalog")
+
+
 def manifests() -> dict[tuple[str, str], dict]:
-    with open(os.path.join(ROOT, "deploy", "stash-functions.yaml")) as f:
-        docs = [d for d in yaml.safe_load_all(f) if d]
-    with open(os.path.join(ROOT, "deploy", "rbac.yaml")) as f:
-        docs += [d for d in yaml.safe_load_all(f) if d]
+    """deploy/catalog's Functions and Tasks and deploy/rbac.yaml's objects, by (kind, name)."""
+    paths = sorted(os.path.join(CATALOG, n) for n in os.listdir(CATALOG) if n.endswith(".yaml"))
+    docs: list[dict] = []
+    for path in [*paths, os.path.join(ROOT, "deploy", "rbac.yaml")]:
+        with open(path) as f:
+            docs += [d for d in yaml.safe_load_all(f) if d]
     return {(d["kind"], d["metadata"]["name"]): d for d in docs}
 
 
-def run_task(task: dict, functions: dict, env: dict[str, str], secret_dir: str) -> None:
-    """Each step of a Task as the operator runs it: the Function's args with the step's params and the
-    operator's variables substituted, the storage Secret mounted where the Function says."""
+def task_steps(task: dict, functions: dict, env: dict[str, str], scratch_dir: str) -> list[tuple[str, list[str]]]:
+    """Each step of a Task as the operator renders it: the Function (all of it, as JSON) envsubst'd with the step's
+    params and the operator's variables ``env`` (which win, as the operator upserts its inputs over the params);
+    ``/stash-tmp``, the Job's scratch emptyDir, is ``scratch_dir`` here. (step name, args)."""
+    steps = []
     for step in task["spec"]["steps"]:
         fn = functions[("Function", step["name"])]
         params = {p["name"]: p["value"] for p in step.get("params") or []}
-        args = [envsubst(a, {**env, **params}) for a in fn["spec"]["args"]]
-        mount = next((m["mountPath"] for m in fn["spec"].get("volumeMounts") or []), None)
-        if mount:
-            args = [a.replace(mount, secret_dir) for a in args]
+        spec = json.loads(envsubst(json.dumps(fn["spec"]), {**params, **env}))
+        args = [re.sub(r"(?<==)/stash-tmp(?=/|$)", scratch_dir, a) for a in spec["args"]]
+        steps.append((step["name"], args))
+    return steps
+
+
+def run_task(task: dict, functions: dict, env: dict[str, str], scratch_dir: str) -> list[tuple[str, list[str]]]:
+    """Each step of a Task run as the operator runs it (``task_steps``), in order; every one must succeed."""
+    steps = task_steps(task, functions, env, scratch_dir)
+    for name, args in steps:
         r = runner(*args)
-        assert r.returncode == 0, f"{step['name']}: {r.stderr.decode()}"
+        assert r.returncode == 0, f"{name}: {r.stderr.decode()}"
+    return steps
 
 
 def rbac_objects(objs: dict) -> list[dict]:
@@ -233,9 +247,9 @@ def rbac_objects(objs: dict) -> list[dict]:
 
 def test_stash_tasks_from_deploy_run_with_the_deploy_rbac(kube, source_pg, fresh_pg, repo_dir, tmp_path,
                                                           gateway):
-    """deploy/'s Functions and Tasks, args substituted as the operator does, with the token of a ServiceAccount
-    bound to deploy/rbac.yaml's Role: a backup session (backup-pg, then update-status), then a restore session,
-    without one 401 or 403."""
+    """deploy/catalog's postgres Tasks, args substituted as the operator does, with the token of a ServiceAccount
+    bound to deploy/rbac.yaml's Role: a backup session (backup-pg, then update-status), then a restore session
+    (restore-pg, then update-status reporting it), without one 401 or 403."""
     objs = manifests()
     target = fresh_pg()
     seed(kube, tmp_path, invoker(retention={"keepLast": 3}), session("s1"), pg=source_pg, repo_dir=repo_dir)
@@ -245,28 +259,31 @@ def test_stash_tasks_from_deploy_run_with_the_deploy_rbac(kube, source_pg, fresh
     kube.load_fixtures(restore_objs)
     token = kube.service_account_token("stash-runner", *rbac_objects(objs))
     kc = kube.kubeconfig(str(tmp_path / "sa.kubeconfig"), token=token)
-    secret_dir = tmp_path / "secret"
-    secret_dir.mkdir()
-    (secret_dir / "RESTIC_PASSWORD").write_text("repo-Secret-Pass-7")
+    scratch = tmp_path / "stash-tmp"  # the Job's emptyDir
+    scratch.mkdir()
     env = {"REPOSITORY_PROVIDER": "local", "REPOSITORY_BUCKET": repo_dir, "REPOSITORY_NAME": "repo",
-           "HOSTNAME": "host-0", "NAMESPACE": kube.name, "TARGET_NAME": "pg", "BACKUP_SESSION": "s1",
-           "PROMETHEUS_PUSHGATEWAY_URL": gateway.url}
+           "REPOSITORY_NAMESPACE": kube.name, "REPOSITORY_SECRET_NAME": "repo-secret",
+           "REPOSITORY_SECRET_NAMESPACE": kube.name, "HOSTNAME": "host-0", "NAMESPACE": kube.name,
+           "TARGET_KIND": "AppBinding", "TARGET_NAME": "pg", "TARGET_NAMESPACE": kube.name,
+           "INVOKER_KIND": "BackupConfiguration", "INVOKER_NAME": "pg-backup", "BACKUP_SESSION": "s1",
+           "RETENTION_KEEP_LAST": "3", "PROMETHEUS_PUSHGATEWAY_URL": gateway.url}
     functions = {k: v for k, v in objs.items() if k[0] == "Function"}
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("KUBECONFIG", kc)  # the runner finds the cluster as in a Job it would in-cluster
-        run_task(objs[("Task", "stash-runner-postgres-backup")], functions, env, str(secret_dir))
+        run_task(objs[("Task", "stash-runner-postgres-backup")], functions, env, str(scratch))
         st = bs(kube)["status"]
         assert st["phase"] == "Succeeded" and st["targets"][0]["stats"][0]["phase"] == "Succeeded"
         assert reasons(kube).count("Host Backup Succeeded") == 1  # update-status added nothing
         restic(repo_dir, "check", "--read-data")
         snap = json.loads(restic(repo_dir, "snapshots", "--json").stdout)[0]
 
-        rs = restore_session("r1", [f"repo-{snap['short_id']}"], "host-0")
+        rs = restore_session("r1", [snap["short_id"]], "host-0")
         rs["spec"]["target"]["ref"]["name"] = "pg-restored"
         kube.seed(rs)
         run_task(objs[("Task", "stash-runner-postgres-restore")], functions,
-                 {**env, "BACKUP_SESSION": "", "RESTORE_SESSION": "r1", "TARGET_NAME": "pg-restored"},
-                 str(secret_dir))
+                 {**env, "BACKUP_SESSION": "", "RESTORE_SESSION": "r1", "TARGET_NAME": "pg-restored",
+                  "INVOKER_KIND": "RestoreSession", "INVOKER_NAME": "r1", "SOURCE_HOSTNAME": "host-0",
+                  "RESTORE_SNAPSHOTS": snap["short_id"]}, str(scratch))
     assert target.contents() == source_pg.contents()
     assert kube.get(*STASH, "restoresessions", "r1")["status"]["phase"] == "Succeeded"
     sa = f"system:serviceaccount:{kube.name}:stash-runner"

@@ -231,11 +231,21 @@ class Repository:
                     f"no snapshot{' for ' + what if what else ''} in {self.backend.location}"
                 )
             return matching[-1]
-        found = [s for s in snaps if s.id.startswith(spec)]
+        found = [s for s in snaps if s.id.startswith(_snapshot_id(spec))]
         if len(found) != 1:
             why = "no snapshot" if not found else f"{len(found)} snapshots"
             raise SnapshotNotFound(f"{why} with ID {spec!r} in {self.backend.location}")
         return found[0]
+
+
+def _snapshot_id(spec: str) -> str:
+    """The ID in ``spec``, also when given as Stash names snapshots, ``<repository>-<short id>`` (as a RestoreSession
+    rule holds it and the operator passes it to restore Functions as --snapshot). An ID is hex, so a name with a
+    dash before a hex tail can only mean that form."""
+    name, dash, tail = spec.rpartition("-")
+    if dash and name and tail and all(c in "0123456789abcdef" for c in tail):
+        return tail
+    return spec
 
 
 def current_username() -> str:

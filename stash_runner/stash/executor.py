@@ -450,10 +450,6 @@ def _restore_pick(session: RestoreSession, settings: RestoreSettings, hostname: 
             raise
         rule = RestoreRule()  # a member no rule names: its own latest snapshot, as Stash's MongoDB addon restores it
     snapshot = (settings.snapshot if single else "") or (rule.snapshots[0] if rule.snapshots else "latest")
-    # Stash names snapshots "<repository>-<short id>"; the repository knows them by id
-    prefix = session.repository + "-"
-    if snapshot.startswith(prefix):
-        snapshot = snapshot[len(prefix):]
     source_host = (settings.source_hostname if single else "") or rule.source_host or hostname
     return snapshot, source_host
 

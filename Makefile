@@ -20,7 +20,8 @@ images: deps
 image-test: images
 	$(PYTHON) -m pytest -q tests/test_images.py
 
-demo: deps
+demo:
+	@bash scripts/install-demo-deps.sh
 	$(PYTHON) scripts/demo.py
 
 bench: deps

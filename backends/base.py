@@ -34,6 +34,36 @@ class Handle:
         return self.path()
 
 
+class Layout:
+    """Where each file type lives. restic 0.14 knows two layouts: "default" (``keys/``, ``snapshots/``,
+    ``locks/``, ``data/xx/<id>``) and "s3legacy" (``key/``, ``snapshot/``, ``lock/``, flat ``data/<id>``), which
+    early restic wrote to S3 and which restic still reads and writes where it finds it (local and S3)."""
+
+    def __init__(self, name: str, dirs: dict[FileType, str], fanout: bool) -> None:
+        self.name = name
+        self._dirs = dirs
+        #: packs in data/<first two hex digits>/
+        self.fanout = fanout
+
+    def dir(self, t: FileType) -> str:
+        return self._dirs[t]
+
+    def path(self, h: Handle) -> str:
+        if h.type is FileType.CONFIG:
+            return "config"
+        if h.type is FileType.DATA and self.fanout:
+            return f"data/{h.name[:2]}/{h.name}"
+        return f"{self._dirs[h.type]}/{h.name}"
+
+    def __repr__(self) -> str:
+        return f"Layout({self.name})"
+
+
+DEFAULT_LAYOUT = Layout("default", {t: t.value for t in FileType if t is not FileType.CONFIG}, fanout=True)
+S3_LEGACY_LAYOUT = Layout("s3legacy", {FileType.KEY: "key", FileType.DATA: "data", FileType.INDEX: "index",
+                                       FileType.SNAPSHOT: "snapshot", FileType.LOCK: "lock"}, fanout=False)
+
+
 class NotFoundError(Exception):
     """The named file does not exist in the backend."""
 
@@ -65,6 +95,13 @@ class Backend(abc.ABC):
     location: str = ""
     #: how many requests may usefully run at once
     connections: int = 2
+    #: where the file types live (providers build their paths with it); see detect_layout
+    layout: Layout = DEFAULT_LAYOUT
+    #: restic 0.14 detects the layout on local and S3 storage only (GCS and Azure are always "default")
+    detects_layout: bool = False
+
+    def use_layout(self, layout: Layout) -> None:
+        self.layout = layout
 
     @abc.abstractmethod
     def save(self, h: Handle, data: bytes) -> None: ...
@@ -99,3 +136,20 @@ class Backend(abc.ABC):
 
     def close(self) -> None:
         """Release connections."""
+
+
+def _is_id(name: str) -> bool:
+    return len(name) == 64 and all(c in "0123456789abcdefABCDEF" for c in name)
+
+
+def detect_layout(backend: Backend) -> Layout:
+    """restic's DetectLayout, used from then on for reading and writing: a key file under ``key/`` and none under
+    ``keys/`` is "s3legacy"; anything else (keys/ only, both, neither) is "default". Only where restic detects."""
+    if not backend.detects_layout:
+        return backend.layout
+    backend.use_layout(DEFAULT_LAYOUT)
+    if not any(_is_id(name) for name, _ in backend.list(FileType.KEY)):
+        backend.use_layout(S3_LEGACY_LAYOUT)
+        if not any(_is_id(name) for name, _ in backend.list(FileType.KEY)):
+            backend.use_layout(DEFAULT_LAYOUT)
+    return backend.layout

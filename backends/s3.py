@@ -52,6 +52,8 @@ def _is_aws(url: str | None) -> bool:
 
 
 class S3Backend(Backend):
+    detects_layout = True
+
     def __init__(self, client, bucket: str, prefix: str, location: str, connections: int, region: str = "",
                  ca_file: str | None = None):
         self.client = client
@@ -115,10 +117,11 @@ class S3Backend(Backend):
     # -- names -------------------------------------------------------------------------------------
 
     def _key(self, h: Handle) -> str:
-        return f"{self.prefix}/{h.path()}" if self.prefix else h.path()
+        path = self.layout.path(h)
+        return f"{self.prefix}/{path}" if self.prefix else path
 
     def _dir(self, t: FileType) -> str:
-        return f"{self.prefix}/{t.value}/" if self.prefix else f"{t.value}/"
+        return f"{self.prefix}/{self.layout.dir(t)}/" if self.prefix else f"{self.layout.dir(t)}/"
 
     def _error(self, e: Exception, what: str) -> Exception:
         if isinstance(e, botocore.exceptions.ClientError):

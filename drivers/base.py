@@ -52,6 +52,7 @@ class DriverOptions:
     indices: str = ""  # which indices, as comma-separated patterns (Elasticsearch); empty: every non-hidden one
     include_hidden: bool = False  # also system and hidden indices (Elasticsearch)
     overwrite: bool = False  # a restore may replace what already exists in the database
+    clean: bool = False  # PostgreSQL: a restore drops what the dump creates and the target has (default: fail)
     interim_dir: str = ""  # a directory a driver dumps into before the backup reads it (Stash's interim volume)
     interim_meta: str = ""  # what Stash writes to <interim>/meta.txt: the interim volume's size ("1Gi")
 
@@ -95,6 +96,9 @@ class SnapshotFiles(Protocol):
 
     def read(self, path: str) -> Iterator[bytes]:
         """A file's bytes, verified; SnapshotNotFound when there is no such file."""
+
+    def scan(self, path: str) -> Iterator[bytes]:
+        """A file's bytes as ``read`` gives them, for a look at them before the restore: not counted as restored."""
 
     def extract(self, path: str, target: str) -> None:
         """Write the directory at ``path`` (its files and subdirectories, with their modes) into ``target``."""

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import array
+import contextlib
+import fcntl
 import logging
 import os
 import re
@@ -9,19 +12,30 @@ import shlex
 import shutil
 import subprocess
 import tempfile
-import time
-from collections.abc import Iterator, Sequence
+import termios
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from typing import IO
 
 import psycopg
+from psycopg import pq
+from psycopg.conninfo import make_conninfo
 
-from stash_runner.errors import BadInput, DatabaseUnreachable
+from stash_runner.errors import (
+    BadInput,
+    Interrupted,
+    RunnerError,
+    SnapshotNotFound,
+    ToolFailed,
+    one_line,
+)
 
-from . import pgclient
-from .base import Driver, DriverOptions, Endpoint
+from . import pgclient, pgsql
+from .base import Driver, DriverOptions, Endpoint, RestoreHost, SnapshotFiles
 from .pgclient import Client
-from .process import DumpProcess, feed, redact
+from .process import DumpProcess, Tool, redact
+from .wait import wait_until
 
 log = logging.getLogger("stash_runner")
 
@@ -67,14 +81,21 @@ class PostgresDriver(Driver):
     filename = FILENAME
 
     def __init__(self, conn: Connection, *, backup_cmd: str = "pg_dumpall", pg_args: str = "",
-                 scratch_dir: str | None = None, purpose: str = "backup", clients: Sequence[Client] | None = None):
-        """``clients``: the installed clients to choose from (default: ``pgclient.find_clients()``, on first use)."""
+                 scratch_dir: str | None = None, purpose: str = "backup", clients: Sequence[Client] | None = None,
+                 clean: bool = False):
+        """``clients``: the installed clients to choose from (default: ``pgclient.find_clients()``, on first use).
+        ``clean``: a restore drops what the dump creates and the target already has, instead of failing."""
         if backup_cmd not in BACKUP_COMMANDS:
             raise BadInput(f"--backup-cmd {backup_cmd!r}: must be pg_dumpall or pg_dump")
         try:
             self.args = shlex.split(pg_args or "")
         except ValueError as e:
             raise BadInput(f"--pg-args: {e}") from None
+        if purpose == "restore" and "--clean" in self.args:
+            # psql has no --clean: in a restore's --pg-args (a RestoreSession's args param) it is ours
+            self.args = [a for a in self.args if a != "--clean"]
+            clean = True
+        self.clean = clean
         self.conn = conn
         self.backup_cmd = backup_cmd
         self.purpose = purpose
@@ -91,7 +112,7 @@ class PostgresDriver(Driver):
     def from_endpoint(cls, endpoint: Endpoint, options: DriverOptions) -> PostgresDriver:
         conn = Connection.from_endpoint(endpoint, user=options.user)
         return cls(conn, backup_cmd=options.backup_cmd or "pg_dumpall", pg_args=options.args,
-                   scratch_dir=options.scratch_dir, purpose=options.purpose)
+                   scratch_dir=options.scratch_dir, purpose=options.purpose, clean=options.clean)
 
     def _write_private(self, name: str, data: bytes) -> str:
         path = os.path.join(self._tmp, name)
@@ -121,25 +142,43 @@ class PostgresDriver(Driver):
     def close(self) -> None:
         shutil.rmtree(self._tmp, ignore_errors=True)
 
+    def _params(self, dbname: str | None = None) -> dict[str, str]:
+        """psycopg's connection keywords for what the tools get from the environment."""
+        params = {kw: self._env[var] for var, kw in pgclient._ENV_KEYWORDS.items() if self._env.get(var)}
+        params.setdefault("sslmode", "prefer")  # libpq's default, whatever PGSSLMODE this process has
+        params["dbname"] = dbname or params.get("dbname") or "postgres"
+        return params
+
+    def _connect(self, dbname: str | None = None) -> psycopg.Connection:
+        """A connection as the tools make it; ToolFailed (the tool would fail the same way) when it cannot be
+        made."""
+        try:
+            return psycopg.connect(**self._params(dbname), autocommit=True)
+        except psycopg.Error as e:
+            raise ToolFailed(f"{self.target}: {self._describe(e)}") from None
+
+    def _describe(self, e: BaseException) -> str:
+        return redact(one_line(e), [self.conn.password])
+
     def wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        last = ""
-        while True:
+        def check() -> None:
             try:
-                r = subprocess.run(["pg_isready", "-t", "5"], env=self._env, capture_output=True, text=True,
-                                   timeout=30)
-            except FileNotFoundError:
-                raise DatabaseUnreachable("pg_isready is not installed (not found on PATH)") from None
-            if r.returncode == 0:
-                # Choose the client now, so that a missing or too old one fails before the repository is touched.
-                self._tool_path("psql" if self.purpose == "restore" else self.backup_cmd)
-                return
-            last = (r.stdout + r.stderr).strip().replace("\n", " ")
-            if time.monotonic() >= deadline:
-                raise DatabaseUnreachable(
-                    f"{self.target} is not accepting connections after {timeout:g} s: {last}"
-                )
-            time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
+                self._version = pgclient.server_version(self._env)
+            except psycopg.OperationalError as e:
+                if pq.PGconn.ping(make_conninfo(**self._params()).encode()) != pq.Ping.OK:
+                    raise
+                # The server answered and refused us (password, pg_hba.conf, no such database): waiting does not
+                # fix that. The newest client then runs and says why, as the tool would.
+                log.warning("could not read the server version of %s: %s", self.target, self._describe(e))
+            self._version_read = True
+
+        def waitable(e: BaseException) -> str | None:
+            return self._describe(e) if isinstance(e, psycopg.OperationalError) else None
+
+        wait_until(f"{self.target} to accept connections", check, timeout, log.info, waitable=waitable,
+                   unready=f"{self.target} is not accepting connections")
+        # Choose the client now, so that a missing or too old one fails before the repository is touched.
+        self._tool_path("psql" if self.purpose == "restore" else self.backup_cmd)
 
     def _server_version(self) -> int | None:
         """The server's ``server_version_num``, read once; None when it cannot be read."""
@@ -148,8 +187,7 @@ class PostgresDriver(Driver):
             try:
                 self._version = pgclient.server_version(self._env)
             except (psycopg.Error, ValueError) as e:  # the tool then reports a connection problem itself
-                log.warning("could not read the server version of %s: %s", self.target,
-                            redact(str(e), [self.conn.password]))
+                log.warning("could not read the server version of %s: %s", self.target, self._describe(e))
         return self._version
 
     def _tool_path(self, tool: str) -> str:
@@ -177,60 +215,196 @@ class PostgresDriver(Driver):
             complete_marker=b"dump complete", plain_prefix=b"--\n-- PostgreSQL database",
         )
 
+    # -- restore ---------------------------------------------------------------------------------------------
+
+    def restore_hosts(self, hostname: str) -> list[RestoreHost]:
+        # The whole snapshot, not one pass of its bytes: checking a target that has databases reads the dump twice.
+        return [RestoreHost(hostname, restore_files=self.restore_files)]
+
+    def restore_files(self, files: SnapshotFiles) -> None:
+        found = files.files("/")
+        path = "/" + FILENAME if "/" + FILENAME in found else found[0] if len(found) == 1 else ""
+        if not path:
+            raise SnapshotNotFound(f"the snapshot holds {len(found)} files and no /{FILENAME}: which is the dump?")
+        self._restore(lambda: files.read(path), rereadable=True, scan=lambda: files.scan(path))
+
     def restore(self, chunks: Iterator[bytes]) -> None:
-        env = dict(self._env)
-        env.setdefault("PGDATABASE", "postgres")
-        argv = [self._tool_path("psql"), "--no-psqlrc", "--quiet", "-v", "ON_ERROR_STOP=1", *self.args]
+        """One pass of a dump's bytes: the target is checked as in ``restore_files``, but a target that has
+        databases or objects cannot be (the dump would have to be read twice): BadInput."""
+        self._restore(lambda: chunks, rereadable=False)
+
+    def _restore(self, open_dump: Callable[[], Iterable[bytes]], rereadable: bool,
+                 scan: Callable[[], Iterable[bytes]] | None = None) -> None:
+        """``scan``: the dump's bytes for the look before the restore (not counted as restored)."""
+        initial = self._env.get("PGDATABASE") or "postgres"
+        existing, busy = self._survey(initial)
+        plan = pgsql.Plan(keep_roles={"postgres", self.conn.user}, initial_db=initial)
+        order: list[str] | None = None
+        if busy:
+            # Something there could clash with the dump: find what the dump creates before anything is written.
+            if not rereadable:
+                raise BadInput(f"{self.target} is not empty ({busy}): a one-pass restore cannot check the dump "
+                               "against it")
+            log.info("%s is not empty (%s): reading the dump once for what it creates", self.target, busy)
+            facts = pgsql.scan((scan or open_dump)(), initial)
+            order = facts.order
+            self._check(facts, existing, initial, plan)
+        stream = pgsql.DumpStream(open_dump(), plan)
+        argv = [self._tool_path("psql"), "--no-psqlrc", "--quiet", "-v", "ON_ERROR_STOP=1", "-f", "-", *self.args]
         log.info("restoring into %s with %s", self.target, shlex.join(argv))
-        keep_password = {"postgres", self.conn.user}
-        feed(argv, env, _filter_globals(chunks, keep_password), secrets=[self.conn.password])
+        env = dict(self._env, PGDATABASE=initial)
+
+        def where(line: int | None, consumed: int | None) -> str:
+            return pgsql.progress_note(stream, line=line, consumed=consumed, order=order, existing=existing)
+
+        feed(argv, env, stream, secrets=[self.conn.password], where=where)
+
+    def _survey(self, initial: str) -> tuple[set[str], str]:
+        """The target's databases, and what in it could clash with a dump ("" when nothing can: no database
+        but the default ones, and nothing of the user's in the one psql starts in)."""
+        with self._connect(initial) as c:
+            rows = c.execute("SELECT datname, datistemplate FROM pg_database").fetchall()
+            objects = c.execute(f"SELECT EXISTS ({_OBJECTS})").fetchone()
+        existing = {r[0] for r in rows}
+        users = sorted(r[0] for r in rows if not r[1] and r[0] != "postgres")
+        why = []
+        if users:
+            why.append(f"databases {', '.join(users)}")
+        if objects and objects[0]:
+            why.append(f"objects in database {initial}")
+        return existing, " and ".join(why)
+
+    def _objects(self, dbname: str) -> list[tuple[str, str, str]]:
+        """The user's schemas and relations in a database: (kind, schema, name; "" for a schema)."""
+        with self._connect(dbname) as c:
+            return [(r[0], r[1], r[2]) for r in c.execute(_OBJECTS + " ORDER BY 1, 2, 3").fetchall()]
+
+    def _check(self, facts: pgsql.Facts, existing: set[str], initial: str, plan: pgsql.Plan) -> None:
+        """Fail (BadInput, nothing written) naming what the dump would create and the target has, unless
+        --clean: then ``plan`` drops it first."""
+        clashes: list[str] = []
+        dbs = [d for d in facts.creates if d in existing]
+        if dbs and self.clean:
+            plan.clean_databases = set(dbs)
+        elif dbs:
+            clashes.append(f"database{'s' if len(dbs) > 1 else ''} {', '.join(dbs)}")
+        for name, ctx in facts.contexts.items():
+            db = name or initial
+            if ctx.drops or not (ctx.relations or ctx.schemas) or db not in existing:
+                continue  # a --clean dump drops its objects itself; a missing database fails psql's \connect
+            found = [o for o in self._objects(db)
+                     if (o[1] in ctx.schemas if o[0] == "schema" else (o[1], o[2]) in ctx.relations)]
+            if found and self.clean:
+                plan.clean_sql[name] = _drop_statements(found)
+            elif found:
+                found.sort(key=lambda o: (_SHOWN.index(o[0]), o[1], o[2]))
+                shown = ", ".join(_object_name(o) for o in found[:5]) + (
+                    f" and {len(found) - 5} more" if len(found) > 5 else "")
+                clashes.append(f"in database {db}: {shown}")
+        if clashes:
+            raise BadInput(f"{self.target} already has what the dump creates: {'; '.join(clashes)}: nothing was "
+                           "restored; restore with --clean to drop it first, or into an empty cluster")
+        for db in sorted(plan.clean_databases):
+            log.warning("--clean: database %s of %s is dropped before the dump creates it", db, self.target)
+        for name, statements in plan.clean_sql.items():
+            log.warning("--clean: in database %s of %s: %s", name or initial, self.target,
+                        b" ".join(statements).decode())
 
 
-# -- the globals section of a pg_dumpall dump ---------------------------------------------------
-
-_IDENT = rb'(?:"(?:[^"]|"")+"|[A-Za-z_][A-Za-z0-9_$]*)'
-_CREATE_ROLE = re.compile(rb"^CREATE ROLE (" + _IDENT + rb");$")
-_ALTER_ROLE_PASSWORD = re.compile(rb"^ALTER ROLE (" + _IDENT + rb") WITH .* PASSWORD ")
-# The roles come first in a pg_dumpall dump; the first of these lines ends that section, so table
-# data that happens to look like a role statement is never touched.
-_END_OF_GLOBALS = (b"\\connect ", b"COPY ", b"CREATE DATABASE ", b"CREATE TABLE ", b"CREATE SCHEMA ")
-
-
-def _unquote(ident: bytes) -> str:
-    s = ident.decode("utf-8", "replace")
-    return s[1:-1].replace('""', '"') if s.startswith('"') else s
-
-
-def _rewrite_global(line: bytes, keep_password: set[str]) -> bytes:
-    m = _CREATE_ROLE.match(line)
-    if m:
-        # pg_dumpall writes CREATE ROLE for roles the target already has (at least the one we
-        # connect as): create only if missing, so ON_ERROR_STOP still stops on every real error.
-        return (b"DO $stash_runner$ BEGIN CREATE ROLE " + m.group(1)
-                + b"; EXCEPTION WHEN duplicate_object THEN NULL; END $stash_runner$;")
-    m = _ALTER_ROLE_PASSWORD.match(line)
-    if m and _unquote(m.group(1)) in keep_password:
-        # As Stash does: keep the target's superuser password, or the operator would lose access.
-        return b"-- stash-runner: kept the target's password for role " + m.group(1)
-    return line
+# What a database holds of the user's (not the system's, nor an extension's): schemas and relations.
+_OBJECTS = """
+SELECT 'schema' AS kind, n.nspname AS schema, '' AS name FROM pg_namespace n
+ WHERE n.nspname NOT IN ('public', 'information_schema') AND n.nspname !~ '^pg_'
+   AND NOT EXISTS (SELECT 1 FROM pg_depend d
+                    WHERE d.classid = 'pg_namespace'::regclass AND d.objid = n.oid AND d.deptype = 'e')
+UNION ALL
+SELECT c.relkind::text, n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f') AND n.nspname <> 'information_schema' AND n.nspname !~ '^pg_'
+   AND NOT EXISTS (SELECT 1 FROM pg_depend d
+                    WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')
+"""
+_SHOWN = ("schema", "r", "p", "f", "v", "m", "S")  # the order a message names them in
+_KINDS = {"schema": "SCHEMA", "v": "VIEW", "m": "MATERIALIZED VIEW", "r": "TABLE", "p": "TABLE",
+          "f": "FOREIGN TABLE", "S": "SEQUENCE"}
 
 
-def _filter_globals(chunks: Iterator[bytes], keep_password: set[str]) -> Iterator[bytes]:
-    pending = b""
-    chunks = iter(chunks)
-    for chunk in chunks:
-        pending += chunk
-        lines = pending.split(b"\n")
-        pending = lines.pop()
-        out = []
-        for i, line in enumerate(lines):
-            if line.startswith(_END_OF_GLOBALS):
-                out.extend(lines[i:])
-                yield b"\n".join(out) + b"\n" + pending
-                yield from chunks
-                return
-            out.append(_rewrite_global(line, keep_password))
-        if out:
-            yield b"\n".join(out) + b"\n"
-    if pending:
-        yield _rewrite_global(pending, keep_password)
+def _object_name(o: tuple[str, str, str]) -> str:
+    kind = _KINDS[o[0]].lower()
+    return f"{kind} {o[1]}" if o[0] == "schema" else f"{kind} {o[1]}.{o[2]}"
+
+
+def _drop_statements(objects: list[tuple[str, str, str]]) -> list[bytes]:
+    """--clean in a database the dump restores into: drop what it creates there, with what depends on it (a
+    schema with its contents), schemas first; IF EXISTS, as a CASCADE may have taken one already."""
+    out = []
+    for kind in _KINDS:
+        names = [pgsql.quote_ident(o[1]) if kind == "schema" else f"{pgsql.quote_ident(o[1])}.{pgsql.quote_ident(o[2])}"
+                 for o in objects if o[0] == kind]
+        if names:
+            out.append(f"DROP {_KINDS[kind]} IF EXISTS {', '.join(names)} CASCADE;".encode())
+    return out
+
+
+def _filter_globals(chunks: Iterable[bytes], keep_password: set[str]) -> Iterator[bytes]:
+    """The dump as a restore with nothing to drop first hands it to psql."""
+    return iter(pgsql.DumpStream(chunks, pgsql.Plan(keep_roles=set(keep_password))))
+
+
+_PSQL_ERROR_LINE = re.compile(r"psql:<stdin>:(\d+): (?:ERROR|FATAL|PANIC|error):")
+
+
+def _unread(pipe: IO[bytes] | None) -> int | None:
+    """The bytes in a pipe its reader has not taken yet (Linux: FIONREAD works on the write end too)."""
+    if pipe is None or pipe.closed:
+        return None
+    buf = array.array("i", [0])
+    try:
+        fcntl.ioctl(pipe.fileno(), termios.FIONREAD, buf)
+    except OSError:
+        return None
+    return buf[0]
+
+
+def feed(argv: list[str], env: dict[str, str], stream: Iterable[bytes], *, secrets: Iterable[str | None] = (),
+         where: Callable[[int | None, int | None], str]) -> None:
+    """Pipe the dump into psql; ToolFailed with its stderr when it fails. Any failure on the way (psql's, the
+    repository's, SIGTERM) is told how far the restore got: ``where(line of psql's error, bytes psql read)``."""
+    tool = Tool(argv, env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, secrets=secrets)
+    stdin = tool.proc.stdin
+    assert stdin is not None
+    sent = 0
+    unread: int | None = None
+    psql_failed = False
+    try:
+        try:
+            broken = False
+            for chunk in stream:
+                view = memoryview(chunk)
+                try:
+                    while view:
+                        n = stdin.write(view)
+                        sent += n
+                        view = view[n:]
+                except BrokenPipeError:
+                    broken = True  # psql stopped reading: its exit code and stderr say why
+                    break
+            unread = _unread(stdin)
+            with contextlib.suppress(BrokenPipeError):
+                stdin.close()
+            rc = tool.wait()
+            psql_failed = True
+            if rc != 0:
+                raise tool.failure(rc)
+            if broken:
+                raise ToolFailed(f"{tool.name} exited before it read the whole dump")
+        except (RunnerError, Interrupted, KeyboardInterrupt) as e:
+            if unread is None:
+                unread = _unread(stdin)
+            lines = _PSQL_ERROR_LINE.findall(tool.stderr_tail()) if psql_failed else []
+            note = where(int(lines[-1]) if lines else None, sent - unread if unread is not None else None)
+            # The same exception (its type is its exit code), told which database is partly restored: the message
+            # goes to stderr, output.json and the session's status as it is.
+            e.args = (f"{e}; {note}" if str(e) else note,)
+            raise
+    finally:
+        tool.stop()

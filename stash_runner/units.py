@@ -42,4 +42,12 @@ def parse_stash_seconds(s: str) -> float:
 
 
 def rate(nbytes: int, seconds: float) -> str:
-    return f"{nbytes / seconds / 1e6:.1f} MB/s" if seconds > 0 else "-"
+    """A speed in the unit that fits it (B/s up to GiB/s, binary as the sizes beside it), so that a small run
+    reads "36.2 KiB/s" rather than "0.0 MB/s"; "-" without a duration."""
+    if seconds <= 0:
+        return "-"
+    per_second = nbytes / seconds
+    for shift, unit in ((30, "GiB/s"), (20, "MiB/s"), (10, "KiB/s")):
+        if per_second >= 1 << shift:
+            return f"{per_second / (1 << shift):.1f} {unit}"
+    return f"{per_second:.0f} B/s"

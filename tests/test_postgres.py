@@ -83,10 +83,12 @@ def test_restore_into_fresh_cluster(source_pg, fresh_pg, repo_dir, tmp_path):
         assert c.execute("SELECT 1").fetchone() == (1,)
     out = json.loads((tmp_path / "out" / "output.json").read_text())
     assert out["targetStatus"]["stats"][0]["phase"] == "Succeeded"
-    # A second restore runs into real SQL errors (the tables exist): it must fail, naming psql's error.
+    # A second restore would overwrite what the first wrote: it fails before writing anything, naming it.
+    before = target.contents()
     r = restore(objects, check=False)
-    assert r.returncode == 6, r.stderr
-    assert b"psql exited with code 3" in r.stderr and b"already exists" in r.stderr
+    assert r.returncode == 2, r.stderr
+    assert b"already has what the dump creates: database shop; in database postgres: table public.notes" in r.stderr
+    assert b"Traceback" not in r.stderr and target.contents() == before
 
 
 def test_restore_of_a_snapshot_written_by_restic(source_pg, fresh_pg, tmp_path):

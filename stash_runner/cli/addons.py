@@ -21,10 +21,12 @@ from .options import (
     es_options,
     lock_options,
     mongo_options,
+    no_lock_option,
     report_options,
     retention_options,
     stash_flags,
     tool_options,
+    true_or_false,
     truthy,
     wait_timeout,
 )
@@ -50,6 +52,7 @@ def _unsupported_flag(name: str, why: str) -> Callable:
     """A flag Stash's Functions pass that this version accepts only when off: on, it is a one-line error."""
 
     def check(ctx: click.Context, param: click.Parameter, value: str) -> str:
+        true_or_false(ctx, param, value)  # a typo must not quietly mean false
         if truthy(value):
             raise click.BadParameter(why, ctx=ctx, param=param)
         return value
@@ -92,7 +95,8 @@ def backup_command(addon: Addon) -> click.Command:
         click.option("--backupsession", default="", help="Run for this BackupSession and report to it."),
     ]
     if addon.backup_cmd:
-        decorators.append(click.option("--backup-cmd", default=addon.backup_cmd, show_default=True))
+        decorators.append(click.option("--backup-cmd", default=addon.backup_cmd, show_default=True,
+                                       help="pg_dumpall or pg_dump."))
     decorators += [retention_options, lock_options, tool_options(addon.args), *addon.extra, *addon.backup_extra,
                    report_options]
     return _decorated(backup_addon, decorators)
@@ -116,7 +120,7 @@ def restore_command(addon: Addon) -> click.Command:
             with open_objects(kw["objects"], kw["kubeconfig"]) as (source, _):
                 storage, drv = flags_storage_and_driver(source, kw, opts)
             restore_host(drv, storage, kw["snapshot"] or "latest", kw["source_hostname"] or hostname,
-                         wait_timeout(kw), kw["lock_wait"])
+                         wait_timeout(kw), kw["lock_wait"], kw["no_lock"])
 
         run_host(kw["output_dir"], kw["appbinding"], hostname, work)
 
@@ -128,9 +132,11 @@ def restore_command(addon: Addon) -> click.Command:
         click.option("--restorebatch", default="",
                      help="Run this RestoreBatch's member named by --appbinding/--target-name and report to the "
                           "batch (the operator's spelling: --invoker-kind=RestoreBatch --invoker-name)."),
-        click.option("--snapshot", default="latest", show_default=True),
-        click.option("--source-hostname", default=""),
+        click.option("--snapshot", default="latest", show_default=True, help="Snapshot ID (or prefix) or 'latest'."),
+        click.option("--source-hostname", default="",
+                     help="Host whose latest snapshot to restore (default: --hostname)."),
         lock_options,
+        no_lock_option,
         tool_options(addon.args),
         *addon.extra,
         *addon.restore_extra,

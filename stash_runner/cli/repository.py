@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -13,17 +14,26 @@ import click
 from stash_runner.errors import IntegrityError
 from stash_runner.maintenance.check import parse_subset, run_check, summarize
 from stash_runner.maintenance.post_backup import apply_retention
-from stash_runner.maintenance.prune import run_prune
-from stash_runner.maintenance.retention import Policy
+from stash_runner.maintenance.prune import max_unused_limit, parse_size, run_prune
+from stash_runner.maintenance.retention import Policy, parse_group_by
 from stash_runner.maintenance.stats import run_stats
+from stash_runner.restic.lock import RepositoryLock
 from stash_runner.restic.lock import unlock as remove_locks
 from stash_runner.restic.reader import find_file, iter_content
+from stash_runner.restic.repository import Repository
+from stash_runner.restic.timefmt import display_time
 from stash_runner.units import stash_bytes
 
-from .options import objects_options, storage_options
+from .options import no_lock_option, objects_options, storage_options
 from .wiring import opened
 
 log = logging.getLogger("stash_runner")
+
+
+def _shared_lock(repo: Repository, no_lock: bool) -> contextlib.AbstractContextManager:
+    """A reading command's lock, as restic's: shared (so a prune's exclusive lock keeps it out), none with
+    --no-lock; on read-only storage it is given up with a warning."""
+    return contextlib.nullcontext() if no_lock else RepositoryLock(repo, read_only=True)
 
 
 @click.command()
@@ -32,16 +42,20 @@ log = logging.getLogger("stash_runner")
 @click.option("--host", "host", default="", help="Only snapshots of this host.")
 @click.option("--json", "as_json", is_flag=True, help="Print restic's JSON (as `restic snapshots --json`).")
 @storage_options
-def snapshots(objects, namespace, kubeconfig, repository, host, as_json, backend_retries, backend_timeout) -> None:
-    """List the snapshots of a repository."""
-    with opened(objects, namespace, repository, backend_retries, backend_timeout, kubeconfig) as repo:
+@no_lock_option
+def snapshots(objects, namespace, kubeconfig, repository, host, as_json, backend_retries, backend_timeout,
+              no_lock) -> None:
+    """List the snapshots of a repository (times in this machine's local zone, named; TZ=UTC for UTC)."""
+    with opened(objects, namespace, repository, backend_retries, backend_timeout, kubeconfig) as repo, \
+            _shared_lock(repo, no_lock):
         snaps = [s for s in repo.list_snapshots() if not host or s.hostname == host]
     if as_json:
         click.echo(json.dumps([s.summary_json() for s in snaps]))
         return
-    click.echo(f"{'ID':<10}{'Time':<22}{'Host':<16}{'Tags':<16}Paths")
+    click.echo(f"{'ID':<10}{'Time':<27}{'Host':<16}{'Tags':<16}Paths")
     for s in snaps:
-        click.echo(f"{s.short_id:<10}{s.datetime.strftime('%Y-%m-%d %H:%M:%S'):<22}{s.hostname:<16}"
+        # Local time as `restic snapshots` prints it, with the zone it leaves out (README, "Commands").
+        click.echo(f"{s.short_id:<10}{display_time(s.datetime):<27}{s.hostname:<16}"
                    f"{','.join(s.tags):<16}{', '.join(s.paths)}")
     click.echo(f"{len(snaps)} snapshots")
 
@@ -53,9 +67,12 @@ def snapshots(objects, namespace, kubeconfig, repository, host, as_json, backend
 @click.argument("snapshot")
 @click.argument("path", required=False)
 @storage_options
-def dump(objects, namespace, kubeconfig, repository, host, snapshot, path, backend_retries, backend_timeout) -> None:
+@no_lock_option
+def dump(objects, namespace, kubeconfig, repository, host, snapshot, path, backend_retries, backend_timeout,
+         no_lock) -> None:
     """Write a file of a snapshot to stdout (the snapshot's only file when PATH is not given)."""
-    with opened(objects, namespace, repository, backend_retries, backend_timeout, kubeconfig) as repo:
+    with opened(objects, namespace, repository, backend_retries, backend_timeout, kubeconfig) as repo, \
+            _shared_lock(repo, no_lock):
         repo.load_index()
         snap = repo.find_snapshot(snapshot, hostname=host or None)
         _, node = find_file(repo, snap, path)
@@ -81,16 +98,17 @@ def _prune_options(f: Callable) -> Callable:
 @click.option("--keep-monthly", "-m", default=0, type=click.IntRange(min=0), help="Keep the last n monthly snapshots.")
 @click.option("--keep-yearly", "-y", default=0, type=click.IntRange(min=0), help="Keep the last n yearly snapshots.")
 @click.option("--keep-within", default="", help="Keep snapshots within DURATION (1y5m7d2h) of the newest.")
-@click.option("--keep-within-hourly", default="")
-@click.option("--keep-within-daily", default="")
-@click.option("--keep-within-weekly", default="")
-@click.option("--keep-within-monthly", default="")
-@click.option("--keep-within-yearly", default="")
+@click.option("--keep-within-hourly", default="", help="Keep hourly snapshots within DURATION of the newest.")
+@click.option("--keep-within-daily", default="", help="Keep daily snapshots within DURATION of the newest.")
+@click.option("--keep-within-weekly", default="", help="Keep weekly snapshots within DURATION of the newest.")
+@click.option("--keep-within-monthly", default="", help="Keep monthly snapshots within DURATION of the newest.")
+@click.option("--keep-within-yearly", default="", help="Keep yearly snapshots within DURATION of the newest.")
 @click.option("--keep-tag", "keep_tags", multiple=True, help="Keep snapshots with all of these tags (a,b); repeatable.")
 @click.option("--host", "hosts", multiple=True, help="Only snapshots of this host (repeatable).")
 @click.option("--tag", "tag_filter", multiple=True, help="Only snapshots with these tags (a,b; repeatable).")
 @click.option("--path", "path_filter", multiple=True, help="Only snapshots including this path (repeatable).")
-@click.option("--group-by", "-g", default="host,paths", show_default=True)
+@click.option("--group-by", "-g", default="host,paths", show_default=True,
+              help="Apply the policy per group of snapshots with the same host, paths and/or tags ('': no grouping).")
 @click.option("--dry-run", is_flag=True, help="Remove nothing; print what would be removed.")
 @click.option("--prune", is_flag=True, help="Prune afterwards when snapshots were removed.")
 @click.option("--json", "as_json", is_flag=True, help="Print restic's `forget --json` output.")
@@ -106,6 +124,11 @@ def forget(objects, namespace, kubeconfig, repository, keep_last, keep_hourly, k
                     within_hourly=keep_within_hourly, within_daily=keep_within_daily,
                     within_weekly=keep_within_weekly, within_monthly=keep_within_monthly,
                     within_yearly=keep_within_yearly)
+    # Checked before the repository is opened and locked, also when no prune follows to use them.
+    parse_group_by(group_by)
+    max_unused_limit(max_unused)
+    if max_repack_size:
+        parse_size(max_repack_size)
     with opened(objects, namespace, repository, backend_retries, backend_timeout, kubeconfig) as repo:
         outcome = apply_retention(repo, policy, prune=prune, dry_run=dry_run, group_by=group_by,
                                   hosts=list(hosts) or None, tag_filter=tag_filter, path_filter=path_filter,
@@ -140,7 +163,7 @@ def prune(objects, namespace, kubeconfig, repository, dry_run, max_unused, max_r
 @click.option("--read-data", is_flag=True, help="Also read every pack and verify every blob's MAC and hash.")
 @click.option("--read-data-subset", default="", metavar="n/t|x%|SIZE",
               help="Read only a subset of the packs: bucket n of t, x% of them, or about SIZE bytes.")
-@click.option("--no-lock", is_flag=True, help="Do not lock the repository.")
+@no_lock_option
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @storage_options
 def check(objects, namespace, kubeconfig, repository, read_data, read_data_subset, no_lock, as_json, backend_retries,
@@ -185,9 +208,11 @@ def unlock(objects, namespace, kubeconfig, repository, remove_all, backend_retri
 @click.option("--repository", required=True, help="Repository to measure.")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
 @storage_options
-def stats(objects, namespace, kubeconfig, repository, as_json, backend_retries, backend_timeout) -> None:
+@no_lock_option
+def stats(objects, namespace, kubeconfig, repository, as_json, backend_retries, backend_timeout, no_lock) -> None:
     """Sizes and counts of a repository (what Stash puts in Repository status)."""
-    with opened(objects, namespace, repository, backend_retries, backend_timeout, kubeconfig) as repo:
+    with opened(objects, namespace, repository, backend_retries, backend_timeout, kubeconfig) as repo, \
+            _shared_lock(repo, no_lock):
         st = run_stats(repo)
     if as_json:
         click.echo(json.dumps(st.json()))

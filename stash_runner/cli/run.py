@@ -2,26 +2,33 @@
 
 from __future__ import annotations
 
+import sys
+
 import click
 
 from drivers import DriverOptions
+from drivers.stdin import DEFAULT_FILENAME, StdinDriver
 from stash_runner.errors import BadInput
 from stash_runner.restic import compression
 from stash_runner.stash import batch, executor
 from stash_runner.stash.host import run_host
 from stash_runner.stash.output import SnapshotStats
-from stash_runner.stash.resolve import open_objects
+from stash_runner.stash.resolve import open_objects, storage_from_repository
 
 from .options import (
     driver_options,
     es_options,
     lock_options,
     mongo_options,
+    no_lock_option,
     objects_options,
     one_of,
+    output_dir_flag,
+    pg_restore_options,
     report_options,
     retention_options,
     retention_override,
+    retry_policy,
     storage_options,
     tool_options,
     wait_timeout,
@@ -52,15 +59,27 @@ _BATCH_HELP = ("without Stash's operator: the global and each member's hooks, th
               help="Run this BackupBatch " + _BATCH_HELP.format(
                   retry=", spec.retryConfig, and once every member succeeded the retention policy and an integrity "
                         "check"))
-@click.option("--appbinding", default="", help="AppBinding of the database (with a session: which target).")
-@click.option("--repository", default="", help="Repository to back up into (with a session: its invoker's).")
+@click.option("--appbinding", default="",
+              help="AppBinding of the database: required unless a session, a batch or --stdin is given (with a "
+                   "session: which target).")
+@click.option("--repository", default="",
+              help="Repository to back up into: required unless a session or a batch is given (with one: default "
+                   "the invoker's).")
+@click.option("--stdin", "from_stdin", is_flag=True,
+              help="Back up what is piped to stdin as one file, as `restic backup --stdin`: any tool's dump (e.g. "
+                   "mysqldump's), no AppBinding needed. An empty stdin is an error (nothing is written); "
+                   "--wait-timeout bounds the wait for its first byte.")
+@click.option("--stdin-filename", default=None, metavar="NAME",
+              help="With --stdin: the file's name in the snapshot (dump.sql, or mysql/all.sql)  [default: stdin]")
 @click.option("--hostname", default="host-0", show_default=True, help="Host name recorded in the snapshot.")
 @click.option("--tag", "tags", multiple=True, help="Tag for the snapshot (repeatable).")
-@click.option("--output-dir", default="", help="Write Stash's output.json here.")
+@click.option("--output-dir", default="", callback=output_dir_flag, help="Write Stash's output.json here.")
 @click.option("--driver", default="", help="Database driver (default: from the AppBinding's spec.type).")
 @click.option("--backup-cmd", default="pg_dumpall", show_default=True, help="pg_dumpall or pg_dump.")
-@click.option("--compression-level", default=compression.DEFAULT_LEVEL, show_default=True, type=int)
-@click.option("--workers", default=None, type=int, help="Threads for hashing/compressing/encrypting.")
+@click.option("--compression-level", default=compression.DEFAULT_LEVEL, show_default=True,
+              type=click.IntRange(compression.MIN_LEVEL, compression.MAX_LEVEL), help="zstd's level.")
+@click.option("--workers", default=None, type=click.IntRange(1, 64),
+              help="Threads for hashing/compressing/encrypting (each holds up to two 8 MiB chunks).")
 @tool_options()
 @mongo_options
 @es_options()
@@ -75,6 +94,11 @@ def backup(**kw) -> None:
     With --retention-keep-* the policy is applied afterwards (forget, and prune with --retention-prune),
     and the repository's size and snapshot count go into output.json.
     """
+    if kw["from_stdin"]:
+        _backup_stdin(kw)
+        return
+    if kw["stdin_filename"] is not None:
+        raise BadInput(f"--stdin-filename={kw['stdin_filename']} without --stdin")
     opts = driver_options(kw, kw["backup_cmd"])
     if kw["backupbatch"]:
         _backup_batch(kw, opts)
@@ -100,17 +124,24 @@ def backup(**kw) -> None:
               help="Run this RestoreBatch " + _BATCH_HELP.format(retry="") + " With --appbinding/--target-name: only "
                    "that member, as the operator's Job for it (also --invoker-kind=RestoreBatch --invoker-name), "
                    "reported to the RestoreBatch's status.members.")
-@click.option("--appbinding", default="", help="AppBinding of the database to restore into.")
-@click.option("--repository", default="", help="Repository to restore from.")
+@click.option("--appbinding", default="",
+              help="AppBinding of the database to restore into: required unless a session or a batch is given (with "
+                   "one: which target or member).")
+@click.option("--repository", default="",
+              help="Repository to restore from: required unless a session or a batch is given (with one: default "
+                   "the invoker's).")
 @click.option("--snapshot", default="latest", show_default=True, help="Snapshot ID (or prefix) or 'latest'.")
-@click.option("--hostname", default="host-0", show_default=True, help="This host's name (for output.json).")
+@click.option("--hostname", default="host-0", show_default=True,
+              help="This host's name: whose latest snapshot is restored (unless --source-hostname), and output.json's.")
 @click.option("--source-hostname", default="", help="Host whose latest snapshot to restore (default: --hostname).")
-@click.option("--output-dir", default="", help="Write Stash's output.json here.")
+@click.option("--output-dir", default="", callback=output_dir_flag, help="Write Stash's output.json here.")
 @click.option("--driver", default="", help="Database driver (default: from the AppBinding's spec.type).")
 @tool_options()
+@pg_restore_options
 @mongo_options
 @es_options(restore=True)
 @lock_options
+@no_lock_option
 @storage_options
 @report_options
 def restore(**kw) -> None:
@@ -130,9 +161,36 @@ def restore(**kw) -> None:
     def work() -> None:
         storage, drv = named_storage_and_driver(kw, opts)
         restore_host(drv, storage, kw["snapshot"], kw["source_hostname"] or kw["hostname"], wait_timeout(kw),
-                     kw["lock_wait"])
+                     kw["lock_wait"], kw["no_lock"])
 
     run_host(kw["output_dir"], kw["appbinding"], kw["hostname"], work)
+
+
+#: flags that name a database, its tool or a session: with --stdin the data comes from the pipe instead
+_NOT_WITH_STDIN = {"appbinding": "--appbinding", "backupsession": "--backupsession", "backupbatch": "--backupbatch",
+                   "driver": "--driver", "tool_args": "--args"}
+
+
+def _backup_stdin(kw: dict) -> None:
+    """``backup --stdin``: the piped bytes into a snapshot of --repository, with backup's host, tags, retention and
+    output.json (its ref names no AppBinding: there is none)."""
+    for name, flag in _NOT_WITH_STDIN.items():
+        if kw.get(name):
+            raise BadInput(f"--stdin together with {flag}={kw[name]}: with --stdin the data comes from the pipe, "
+                           "not from a database; give one of them")
+    if not kw["repository"]:
+        raise BadInput("--stdin: --repository is missing")
+
+    def work() -> tuple[SnapshotStats, dict | None]:
+        drv = StdinDriver(sys.stdin.buffer if sys.stdin is not None else None,
+                          kw["stdin_filename"] or DEFAULT_FILENAME)
+        with open_objects(kw["objects"], kw["kubeconfig"]) as (source, _):
+            storage = storage_from_repository(source, kw["namespace"], kw["repository"],
+                                              retry_policy(kw["backend_retries"], kw["backend_timeout"]))
+        return backup_host(drv, storage, kw["hostname"], list(kw["tags"]), wait_timeout(kw), kw["compression_level"],
+                           kw["workers"], kw)
+
+    run_host(kw["output_dir"], "", kw["hostname"], work)
 
 
 def _alone(kw: dict, batch_flag: str, *others: str) -> None:
@@ -162,6 +220,7 @@ def _restore_batch(kw: dict, opts: DriverOptions) -> None:
         raise BadInput(f"--restorebatch={kw['restorebatch']} together with --snapshot={kw['snapshot']}: each member "
                        "takes its snapshot from its rules")
     settings = batch.BatchRestoreSettings(driver=opts, wait_timeout=kw["wait_timeout"], lock_wait=kw["lock_wait"],
+                                          no_lock=kw["no_lock"],
                                           output_dir=kw["output_dir"])
     with open_objects(kw["objects"], kw["kubeconfig"]) as (source, cluster):
         outcome = batch.restore_batch(batch.BatchContext(source, cluster, session_storage(source, kw)),
@@ -201,7 +260,8 @@ def restore_batch_member(kw: dict, opts: DriverOptions) -> bool:
     settings = executor.RestoreSettings(
         hostname=kw["hostname"], snapshot="" if kw["snapshot"] in ("", "latest") else kw["snapshot"],
         source_hostname=kw["source_hostname"], driver=opts, wait_timeout=kw["wait_timeout"],
-        lock_wait=kw["lock_wait"], output_dir=kw["output_dir"], appbinding=member, target_kind=kw["target_kind"])
+        lock_wait=kw["lock_wait"], no_lock=kw["no_lock"], output_dir=kw["output_dir"], appbinding=member,
+        target_kind=kw["target_kind"])
     with open_objects(kw["objects"], kw["kubeconfig"]) as (source, cluster):
         executor.restore_batch_member(reporting(source, cluster, kw), kw["namespace"], name, settings,
                                       session_storage(source, kw), named_by=named_by)

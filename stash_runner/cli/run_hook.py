@@ -22,8 +22,9 @@ from .wiring import reporting
 @click.option("--hostname", default="host-0", show_default=True, help="Accepted for Stash's args; hooks are per "
               "target, not per host.")
 @click.option("--output-dir", default="", help="Accepted for Stash's args (a hook writes no output.json).")
-@click.option("--namespace", default="default", show_default=True)
-@click.option("--kubeconfig", default="")
+@click.option("--namespace", default="default", show_default=True, help="Namespace of the session and its invoker.")
+@click.option("--kubeconfig", default="",
+              help="Read the objects from this kubeconfig's cluster (default: in-cluster, then KUBECONFIG).")
 @click.option("--objects", "objects", multiple=True, type=click.Path(), help="Files with the objects (offline).")
 @click.option("--master", default="", hidden=True)
 @click.option("--license-apiservice", default="", hidden=True)

@@ -22,7 +22,7 @@ from .wiring import reporting, session_storage
 
 
 @click.command("update-status")
-@stash_flags
+@stash_flags(update_status=True)
 @click.option("--backupsession", default="",
               help="The BackupSession to report to; empty means a restore (Stash's rule).")
 @click.option("--restoresession", default="",

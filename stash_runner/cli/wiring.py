@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from drivers import DriverOptions
 from stash_runner.errors import BadInput
@@ -15,7 +17,7 @@ from stash_runner.flows.restore import RestorePlan
 from stash_runner.restic.repository import Repository
 from stash_runner.stash import executor, host, metrics
 from stash_runner.stash.executor import BackupSettings, Reporting, RestoreSettings, StorageOpener
-from stash_runner.stash.objects import ObjectSource
+from stash_runner.stash.objects import ObjectSource, check_host, check_name
 from stash_runner.stash.output import SnapshotStats
 from stash_runner.stash.resolve import Storage, driver_for, open_objects, storage_from_flags, storage_from_repository
 
@@ -24,15 +26,51 @@ from .options import retention, retention_override, retry_policy, truthy
 if TYPE_CHECKING:
     from stash_runner.stash.kube import Cluster
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+#: the flags that name an object or a namespace (each command has some of them)
+NAME_FLAGS = ("namespace", "appbinding", "appbinding_namespace", "repository", "repo_name", "repo_namespace",
+              "backupsession", "backup_session", "restoresession", "restore_session", "backupbatch", "restorebatch",
+              "storage_secret_name", "storage_secret_namespace", "invoker_name", "target_name", "target_namespace")
+
+
+def check_flags(kw: dict) -> None:
+    """The name flags hold names: checked before anything is read, so that a value that is no name (a path, a
+    newline, a megabyte) is one line naming its flag, not a lookup of something else or a log line forged. The
+    Pushgateway's URL too: it is used last, after the backup, where a URL that does not parse must not fail it."""
+    for name in NAME_FLAGS:
+        if kw.get(name):
+            check_name(kw[name], "--" + name.replace("_", "-"))
+    for name in ("hostname", "source_hostname"):
+        if kw.get(name):
+            check_host(kw[name], "--" + name.replace("_", "-"))
+    if (kw.get("metrics_pushgateway_url") or "").strip():
+        _check_url(kw["metrics_pushgateway_url"].strip(), "--metrics-pushgateway-url")
+
+
+def _check_url(url: str, what: str) -> str:
+    try:  # as metrics reads it: a bare host:port is http
+        urlsplit(url if "://" in url else "http://" + url).port  # noqa: B018 - parsing is the check
+    except ValueError as e:  # (the URL is not repeated: it may hold user:password)
+        raise BadInput(f"{what}: not a URL ({e})") from None
+    if _CONTROL.search(url):
+        raise BadInput(f"{what}: the URL contains a control character")
+    return url
+
 
 def reporting(source: ObjectSource, cluster: Cluster | None, kw: dict) -> Reporting:
+    check_flags(kw)
     url = metrics.pushgateway_url(kw["metrics_pushgateway_url"], os.environ) if truthy(kw["metrics_enabled"]) \
         else None
+    if url and not (kw["metrics_pushgateway_url"] or "").strip():
+        _check_url(url, f"${metrics.ENV_PUSHGATEWAY_URL}")
     labels = metrics.parse_user_labels(item for value in kw["metrics_labels"] for item in value.split(","))
     return Reporting(source, cluster, url, kw["prom_job_name"], labels)
 
 
 def flags_storage(source, kw: dict, namespace: str = "", repository: str = "") -> Storage:
+    check_flags(kw)
     return storage_from_flags(
         source,
         provider=kw["provider"],
@@ -71,6 +109,7 @@ def session_storage(source: ObjectSource, kw: dict, repository_flag: bool = True
     (by name or mounted), else the Repository object by name (Stash v0.18's update-status passed the location
     but took the Secret from the Repository). ``repository_flag``: a --repository flag names it (backup and
     restore); update-status has checked that flag against the session's and opens the session's."""
+    check_flags(kw)
     if kw.get("provider") and (kw.get("storage_secret_name") or kw.get("secret_dir")):
         return lambda ns, name: flags_storage(source, kw, ns, name)
     policy = retry_policy(kw["backend_retries"], kw["backend_timeout"])
@@ -83,6 +122,7 @@ def session_storage(source: ObjectSource, kw: dict, repository_flag: bool = True
 def opened(objects, namespace: str, repository: str, retries: int, timeout: float,
             kubeconfig: str = "") -> Iterator[Repository]:
     """The named Repository, opened; its storage closed afterwards."""
+    check_flags({"namespace": namespace, "repository": repository})
     with open_objects(objects, kubeconfig) as (source, _):
         storage = storage_from_repository(source, namespace, repository, retry_policy(retries, timeout))
     try:
@@ -93,6 +133,7 @@ def opened(objects, namespace: str, repository: str, retries: int, timeout: floa
 
 def named_storage_and_driver(kw: dict, opts: DriverOptions):
     """The --repository's storage and the --appbinding's driver (storage closed if the driver fails)."""
+    check_flags(kw)
     with open_objects(kw["objects"], kw["kubeconfig"]) as (source, _):
         storage = storage_from_repository(source, kw["namespace"], kw["repository"],
                                           retry_policy(kw["backend_retries"], kw["backend_timeout"]))
@@ -100,6 +141,7 @@ def named_storage_and_driver(kw: dict, opts: DriverOptions):
 
 
 def require(kw: dict, *names: str) -> None:
+    check_flags(kw)
     for name in names:
         if not kw[name]:
             raise BadInput(f"--{name} is missing (or give a session to take it from)")
@@ -119,7 +161,8 @@ def restore_session(kw: dict, opts: DriverOptions) -> None:
     settings = RestoreSettings(
         hostname=kw["hostname"] or "host-0", snapshot="" if kw["snapshot"] == "latest" else kw["snapshot"],
         source_hostname=kw["source_hostname"], driver=opts, wait_timeout=kw["wait_timeout"],
-        lock_wait=kw["lock_wait"], output_dir=kw["output_dir"], appbinding=kw["appbinding"] or kw["target_name"])
+        lock_wait=kw["lock_wait"], no_lock=kw["no_lock"], output_dir=kw["output_dir"],
+        appbinding=kw["appbinding"] or kw["target_name"])
     with open_objects(kw["objects"], kw["kubeconfig"]) as (source, cluster):
         executor.restore_session(reporting(source, cluster, kw), kw["namespace"], kw["restoresession"], settings,
                                  session_storage(source, kw))
@@ -136,6 +179,7 @@ def backup_host(driver, storage: Storage, hostname: str, tags: list[str], wait_t
 
 
 def restore_host(driver, storage: Storage, snapshot: str, source_hostname: str, wait_timeout: float,
-                 lock_wait: float) -> None:
+                 lock_wait: float, no_lock: bool = False) -> None:
     host.restore(RestorePlan(driver=driver, backend=storage.backend, password=storage.password, snapshot=snapshot,
-                             source_hostname=source_hostname, wait_timeout=wait_timeout, lock_wait=lock_wait), storage)
+                             source_hostname=source_hostname, wait_timeout=wait_timeout, lock_wait=lock_wait,
+                             no_lock=no_lock), storage)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -36,6 +37,7 @@ class RestorePlan:
     wait_timeout: float = 300.0
     progress_interval: float = 5.0
     lock_wait: float = 0.0  # seconds to wait for a live exclusive lock (a prune) before failing
+    no_lock: bool = False  # restic's --no-lock: no lock at all (a restore falls back to none on read-only storage)
     #: for a multi-host restore: a host's (snapshot, source host); default: the latest of that same host.
     #: A single-host restore takes ``snapshot`` and ``source_hostname``.
     choose: Callable[[str], tuple[str, str]] | None = field(default=None, repr=False)
@@ -72,6 +74,10 @@ class _Files(SnapshotFiles):
         _, node = find_file(self.repo, self.snap, path)
         return _counted(iter_content(self.repo, node), self.count, self.stop)
 
+    def scan(self, path: str) -> Iterator[bytes]:
+        _, node = find_file(self.repo, self.snap, path)
+        return _counted(iter_content(self.repo, node), [0], self.stop)
+
     def extract(self, path: str, target: str) -> None:
         def counted(n: int) -> None:
             if self.stop is not None and self.stop.is_set():
@@ -103,10 +109,13 @@ def run_restore(plan: RestorePlan) -> list[RestoreResult]:
         log.info("restoring snapshot %s (%s, host %s) into %s", p.snapshot.short_id, p.snapshot.time,
                  p.snapshot.hostname, where)
     plan.driver.wait_ready(plan.wait_timeout)
-    with RepositoryLock(repo, wait=plan.lock_wait):
+    # A restore only reads: on storage that cannot be written it goes on without a lock, with a warning.
+    with RepositoryLock(repo, wait=plan.lock_wait, read_only=True, no_lock=plan.no_lock):
         if len(picks) == 1:
             count = [0]
-            progress = Progress("restore", lambda: count[0], interval=plan.progress_interval)
+            # A stream restore reads one file: its node's size gives the progress a total (percentage, ETA).
+            total = picks[0].node.size if picks[0].node is not None else _single_file_size(repo, picks[0].snapshot)
+            progress = Progress("restore", lambda: count[0], interval=plan.progress_interval, total=total)
             with progress:
                 _restore_one(repo, picks[0], count)
             results = [RestoreResult(picks[0].snapshot, count[0], time.monotonic() - started, picks[0].host.hostname)]
@@ -116,6 +125,13 @@ def run_restore(plan: RestorePlan) -> list[RestoreResult]:
         log.info("restored snapshot %s: %s in %.1f s (%s)", result.snapshot.short_id,
                  stash_bytes(result.bytes_restored), result.seconds, rate(result.bytes_restored, result.seconds))
     return results
+
+
+def _single_file_size(repo: Repository, snap: Snapshot) -> int | None:
+    """The size of a snapshot's one file (a dump a driver reads through ``restore_files``, as PostgreSQL's, which
+    may look at it before restoring it); None for a snapshot of several files, whose restore may read a part."""
+    files = [node for _, node in itertools.islice(walk_files(repo, snap, "/"), 2)]
+    return files[0].size if len(files) == 1 else None
 
 
 def _pick(repo: Repository, plan: RestorePlan, host: RestoreHost, single: bool) -> _Pick:

@@ -20,12 +20,16 @@ and never a header value; output (exec) is quoted only as its last lines, capped
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
+import logging
 import socket
 import ssl
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextvars import ContextVar
 from typing import Protocol
 from urllib.parse import quote, urlencode, urljoin, urlsplit
 
@@ -44,6 +48,13 @@ USER_AGENT = "kmodules.xyz/client-go/release-11.0"
 SNIFF_LIMIT = 3072
 _MAX_REDIRECTS = 10
 _REDIRECTS = (301, 302, 303, 307, 308)
+#: an action still running after this many seconds is said, and again every SAY_EVERY s, with the time left
+SAY_AFTER = 5.0
+SAY_EVERY = 15.0
+#: the running hook as wait messages name it ("preBackup hook"); ``run.run`` sets it around its handler
+hook_name: ContextVar[str] = ContextVar("hook_name", default="hook")
+
+log = logging.getLogger("stash_runner")
 
 
 class PodExec(Protocol):
@@ -72,6 +83,28 @@ def run_handler(handler: Handler, summary: Summary, *, pod_exec: PodExec | None,
     return "; ".join(done)
 
 
+@contextlib.contextmanager
+def _said_while_waiting(what: str, timeout: float) -> Iterator[None]:
+    """Say what the hook waits for, and how long it may still take, while an action runs longer than a few seconds:
+    a hook may take minutes (Stash's prober allows 5) with nothing else in the log."""
+    name, started, done = hook_name.get(), time.monotonic(), threading.Event()
+
+    def say() -> None:
+        delay = SAY_AFTER
+        while not done.wait(delay):
+            left = max(0.0, timeout - (time.monotonic() - started))
+            log.info("%s: waiting for %s (%.0f s left)", name, what, left)
+            delay = SAY_EVERY
+
+    watcher = threading.Thread(target=say, name="hook-wait", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()
+        watcher.join()
+
+
 def _failed(probe: str, detail: str) -> HookFailed:
     message = one_line(f'failed to execute "{probe}" probe: {detail}')
     return HookFailed(message if len(message) <= MAX_MESSAGE else message[:MAX_MESSAGE - 1] + "…")
@@ -93,7 +126,8 @@ def _exec(command: list[str], container: str, pod_exec: PodExec | None, timeout:
         raise _failed("exec", f"exec hooks need the pod behind the target (pods/exec): none is known for this "
                               f"hook, so {what} was not run")
     try:
-        code, output = pod_exec.run(command, container, timeout)
+        with _said_while_waiting(f"{what} to exit", timeout):
+            code, output = pod_exec.run(command, container, timeout)
     except Exception as e:  # an API or stream error is this hook's failure, as in Stash
         raise _failed("exec", f"{what}: {describe(e)}") from e
     if code != 0:
@@ -156,6 +190,13 @@ def _http(probe: str, method: str, action: HTTPAction, body: str | None, default
     if not any(n.lower() == "user-agent" for n, _ in headers):
         headers.append(("User-Agent", USER_AGENT))
 
+    with _said_while_waiting(f"{method} {_shown(url)} to answer", timeout):
+        return _exchange(probe, method, url, headers, data, timeout)
+
+
+def _exchange(probe: str, method: str, url: str, headers: list[tuple[str, str]], data: bytes | None,
+              timeout: float) -> str:
+    """The request, and the redirects it is answered with, within ``timeout`` s in all."""
     deadline = time.monotonic() + timeout
     first_host = urlsplit(url).hostname
     for hop in range(_MAX_REDIRECTS):
@@ -288,7 +329,8 @@ def _tcp(action: TCPAction, default_host: str, timeout: float) -> str:
     port = _port("tcp", action.port)
     where = _host_port(host, port)
     try:
-        socket.create_connection((host, port), timeout=timeout).close()
+        with _said_while_waiting(f"a connection to {where}", timeout):
+            socket.create_connection((host, port), timeout=timeout).close()
     except TimeoutError as e:
         raise _failed("tcp", f"tcpSocket {where}: no connection within {timeout:g} s") from e
     except ConnectionRefusedError as e:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from stash_runner.conditions import Condition
 from stash_runner.errors import HookFailed, RunnerError, one_line
 
+from . import probe
 from .spec import (
     ALWAYS,
     ON_FAILURE,
@@ -108,11 +109,14 @@ def run(hook: Hook, summary: Summary, handler: Callable[[Hook, Summary], str], *
     if skip is not None:
         log.info("%s hook: %s", hook.type, skip)
         return HookRun(succeeded(hook.type, global_=global_, message=skip), ran=False)
+    named = probe.hook_name.set(f"{'global ' if global_ else ''}{hook.type} hook")  # its wait messages name it
     try:
         what = handler(hook, summary)
     except (HookFailed, RunnerError, OSError) as e:
         reason = one_line(str(e))
         log.warning("%s hook failed: %s", hook.type, reason)
         return HookRun(failed(hook.type, reason, global_=global_), ran=True)
+    finally:
+        probe.hook_name.reset(named)
     log.info("%s hook succeeded: %s", hook.type, what)
     return HookRun(succeeded(hook.type, global_=global_), ran=True)

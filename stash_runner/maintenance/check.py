@@ -169,7 +169,7 @@ def run_check(
         raise BadInput("--read-data and --read-data-subset cannot be used together")
     chosen = parse_subset(subset) if subset else None
     workers = max(2, repo.backend.connections)
-    guard = RepositoryLock(repo, exclusive=False) if lock else contextlib.nullcontext()
+    guard = RepositoryLock(repo, read_only=True) if lock else contextlib.nullcontext()
     with guard, ThreadPoolExecutor(workers, thread_name_prefix="check") as pool:
         return _Checker(repo, pool, workers).run(read_data, chosen, check_headers, random.Random(seed))
 

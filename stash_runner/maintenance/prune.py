@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from backends.base import BackendError, FileType, Handle, NotFoundError
 from stash_runner.errors import BadInput, IntegrityError, RepositoryError
 from stash_runner.restic import compression
-from stash_runner.restic.index import Index, index_json, split_for_files
+from stash_runner.restic.index import Index, index_json, index_packs, index_supersedes, split_for_files
 from stash_runner.restic.lock import RepositoryLock
 from stash_runner.restic.pack import (
     DATA,
@@ -199,6 +199,8 @@ def max_unused_limit(spec: str) -> Callable[[int], float]:
             p = float(s[:-1])
         except ValueError:
             raise BadInput(f"invalid percentage {spec!r} passed for --max-unused") from None
+        if not math.isfinite(p):
+            raise BadInput(f"invalid percentage {spec!r} passed for --max-unused")
         if p < 0:
             raise BadInput("percentage for --max-unused must be positive")
         if p >= 100:
@@ -802,13 +804,16 @@ def load_index_state(repo: Repository, pool: ThreadPoolExecutor) -> _IndexState:
 
     def load(name: str) -> tuple[str, list[str], list[tuple[bytes, list[PackedBlob]]]]:
         obj = repo.load_unpacked(FileType.INDEX, name)
+        # restic's earliest index files (a bare list) predate compression: their blobs are stored as they are
+        compressed = not isinstance(obj, list)
         packs = [
             (bytes.fromhex(p["id"]),
-             [PackedBlob(bytes.fromhex(b["id"]), b["type"], b["offset"], b["length"], b.get("uncompressed_length") or 0)
+             [PackedBlob(bytes.fromhex(b["id"]), b["type"], b["offset"], b["length"],
+                         (b.get("uncompressed_length") or 0) if compressed else 0)
               for b in p.get("blobs") or []])
-            for p in obj.get("packs") or []
+            for p in index_packs(obj)
         ]
-        return name, list(obj.get("supersedes") or []), packs
+        return name, index_supersedes(obj), packs
 
     loaded = list(pool.map(load, names))
     superseded = {s for _, sup, _ in loaded for s in sup} & set(names)

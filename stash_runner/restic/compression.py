@@ -6,16 +6,29 @@ import io
 
 import zstandard
 
+from stash_runner.errors import BadInput
+
 # Level 1, not 3: on SQL dumps of hashed/random text (make bench) level 3 ran at 83 MB/s a core and
 # level 1 at 219 MB/s with the same ratio (~2x); level 3 made the runner slower than pg_dumpall.
 DEFAULT_LEVEL = 1
+# zstd's own range: ZSTD_minCLevel() (the fastest "negative" level) to ZSTD_maxCLevel(). Outside it the
+# compressor raises in a worker thread, after the dump has started: the CLI checks the flag against these.
+MIN_LEVEL = -(1 << 17)
+MAX_LEVEL = zstandard.MAX_COMPRESSION_LEVEL
+
+
+def check_level(level: int) -> int:
+    """``level`` when zstd takes it; BadInput otherwise."""
+    if isinstance(level, bool) or not isinstance(level, int) or not MIN_LEVEL <= level <= MAX_LEVEL:
+        raise BadInput(f"compression level {level!r}: must be an integer from {MIN_LEVEL} to {MAX_LEVEL}")
+    return level
 
 
 class Compressor:
     """Not thread-safe: make one per worker thread."""
 
     def __init__(self, level: int = DEFAULT_LEVEL):
-        self._c = zstandard.ZstdCompressor(level=level)
+        self._c = zstandard.ZstdCompressor(level=check_level(level))
 
     def compress(self, data: bytes) -> bytes:
         return self._c.compress(data)

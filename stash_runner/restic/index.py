@@ -37,8 +37,9 @@ class Index:
             for b in blobs:
                 self._blobs.setdefault(b.id, (pack_id, b))
 
-    def add_index_json(self, obj: dict) -> None:
-        for pack in obj.get("packs") or []:
+    def add_index_json(self, obj: dict | list) -> None:
+        old = is_old_format(obj)
+        for pack in index_packs(obj):
             pack_id = bytes.fromhex(pack["id"])
             self.add_pack(
                 pack_id,
@@ -48,11 +49,28 @@ class Index:
                         b["type"],
                         b["offset"],
                         b["length"],
-                        b.get("uncompressed_length") or 0,
+                        # restic's decodeOldIndex: "no compressed length in the old index format"
+                        0 if old else b.get("uncompressed_length") or 0,
                     )
                     for b in pack.get("blobs") or []
                 ),
             )
+
+
+def is_old_format(obj: object) -> bool:
+    """restic's earliest index files are a bare JSON list of packs, not ``{"supersedes", "packs"}``; restic 0.14
+    still reads them (DecodeIndex falls back to decodeOldIndex when the top level is an array)."""
+    return isinstance(obj, list)
+
+
+def index_packs(obj: dict | list) -> list[dict]:
+    """The pack entries of a decoded index file, in either format."""
+    return obj if isinstance(obj, list) else obj.get("packs") or []
+
+
+def index_supersedes(obj: dict | list) -> list[str]:
+    """The index files this one replaces (an old-format file replaces none)."""
+    return [] if isinstance(obj, list) else list(obj.get("supersedes") or [])
 
 
 def index_json(packs: list[tuple[bytes, list[PackedBlob]]], supersedes: list[str] | None = None) -> dict:

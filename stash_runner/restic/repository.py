@@ -11,7 +11,15 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from backends.base import AccessDeniedError, Backend, BackendError, FileType, Handle, NotFoundError
+from backends.base import (
+    AccessDeniedError,
+    Backend,
+    BackendError,
+    FileType,
+    Handle,
+    NotFoundError,
+    detect_layout,
+)
 from stash_runner.errors import (
     IntegrityError,
     RepositoryError,
@@ -23,7 +31,7 @@ from stash_runner.errors import (
 
 from . import compression, crypto
 from .chunker_polynomial import random_polynomial
-from .index import Index, index_json, split_for_files
+from .index import Index, index_json, index_supersedes, split_for_files
 from .pack import PackedBlob
 from .snapshot import Snapshot
 from .timefmt import format_time, now
@@ -61,6 +69,8 @@ class Repository:
         """Open an existing repository; WrongPassword when no key opens, RepositoryNotFound if absent."""
         if not cls.exists(backend):
             raise RepositoryNotFound(f"no repository at {backend.location}")
+        # Before the keys are listed: a repository in restic's s3legacy layout keeps them under key/, not keys/.
+        _call(backend, lambda: detect_layout(backend))
         names = sorted(name for name, _ in _call(backend, lambda: list(backend.list(FileType.KEY))))
         master = None
         for name in names[:MAX_KEYS_TRIED]:
@@ -156,7 +166,7 @@ class Repository:
         """Read the index afresh (replacing what was loaded before: other writers may have added to it)."""
         names = [name for name, _ in self.list_files(FileType.INDEX)]
         loaded = self._parallel(lambda n: (n, self.load_unpacked(FileType.INDEX, n)), names)
-        superseded = {s for _, obj in loaded for s in obj.get("supersedes") or []}
+        superseded = {s for _, obj in loaded for s in index_supersedes(obj)}
         fresh = Index()
         for name, obj in loaded:
             if name not in superseded:
@@ -183,8 +193,15 @@ class Repository:
             raise IntegrityError(f"{self.backend.location}: blob {blob_id.hex()[:16]} is in no index")
         pack_id, b = found
         h = Handle(FileType.DATA, pack_id.hex())
-        data = _call(self.backend, lambda: self.backend.load(h, b.offset, b.length))
-        return self.decode_blob(data, b, pack_id)
+
+        def load() -> bytes:
+            try:
+                return self.backend.load(h, b.offset, b.length)
+            except NotFoundError as e:
+                # Name the blob too: the pack is what is missing, the blob is what the caller needed.
+                raise NotFoundError(f"{e} (the pack of {b.type} blob {blob_id.hex()})") from None
+
+        return self.decode_blob(_call(self.backend, load), b, pack_id)
 
     def decode_blob(self, data: bytes, b: PackedBlob, pack_id: bytes) -> bytes:
         try:

@@ -20,6 +20,13 @@ def format_time(t: datetime) -> str:
     return s + "Z"
 
 
+def display_time(t: datetime) -> str:
+    """A time for people, as `restic snapshots` prints it (this machine's local time, "2006-01-02 15:04:05"),
+    plus the zone restic leaves out ("UTC", "CET", "+0530"): snapshots written anywhere read alike."""
+    local = t.astimezone()
+    return f"{local:%Y-%m-%d %H:%M:%S} {local.tzname() or local.strftime('%z')}"
+
+
 def parse_time(s: str) -> datetime:
     """Parse restic's times: any fraction length (Go writes up to 9 digits), 'Z' or an offset."""
     s = s.replace("Z", "+00:00").replace("z", "+00:00")

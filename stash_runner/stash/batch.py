@@ -708,6 +708,7 @@ class BatchRestoreSettings:
     driver: DriverOptions = field(default_factory=DriverOptions)
     wait_timeout: float | None = None
     lock_wait: float = 300.0
+    no_lock: bool = False  # restic's --no-lock
     output_dir: str = ""
 
 
@@ -757,7 +758,7 @@ def _restore_member(ctx: BatchContext, batch: RestoreBatch, session: RestoreSess
         results = run_restore(RestorePlan(
             driver=_Stoppable(drv, stop) if stop is not None else drv, backend=storage.backend,
             password=storage.password, snapshot=snapshot, source_hostname=source_host, lock_wait=settings.lock_wait,
-            wait_timeout=_wait_timeout(settings.wait_timeout, session.params, where),
+            no_lock=settings.no_lock, wait_timeout=_wait_timeout(settings.wait_timeout, session.params, where),
             choose=lambda host: _restore_pick(session, picks, host, single=False)))
     except HostsFailed as e:
         m.hosts = [HostResult(r.hostname, SUCCEEDED, r.seconds) for r in e.results] + [

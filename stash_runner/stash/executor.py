@@ -138,10 +138,10 @@ def _app_type(source: ObjectSource, ref: ObjectRef, namespace: str) -> str | Non
     if ref.kind != "AppBinding":
         return None
     try:
-        return str((source.get("AppBinding", ref.namespace or namespace, ref.name).get("spec") or {})
-                   .get("type") or "")
+        spec = source.get("AppBinding", ref.namespace or namespace, ref.name).get("spec")
     except BadInput:
         return None  # the driver's lookup names the missing AppBinding; metrics then carry no app labels
+    return str(spec.get("type") or "") if isinstance(spec, dict) else None  # (a bad spec: the same)
 
 
 def backup_session(rep: Reporting, namespace: str, name: str, settings: BackupSettings,
@@ -300,6 +300,7 @@ class RestoreSettings:
     driver: DriverOptions = field(default_factory=DriverOptions)
     wait_timeout: float | None = None
     lock_wait: float = 300.0
+    no_lock: bool = False  # restic's --no-lock
     output_dir: str = ""
     appbinding: str = ""  # "" : the session's target; a RestoreBatch's: which member (Stash's TARGET_NAME)
     target_kind: str = ""  # a RestoreBatch member's target kind, when the name alone is ambiguous
@@ -393,7 +394,7 @@ def _restore_target(rep: Reporting, namespace: str, session: RestoreSession, rep
                     if single else ("latest", settings.hostname)
                 results = run_restore(RestorePlan(
                     driver=drv, backend=storage.backend, password=storage.password, snapshot=snapshot,
-                    source_hostname=source_host, lock_wait=settings.lock_wait,
+                    source_hostname=source_host, lock_wait=settings.lock_wait, no_lock=settings.no_lock,
                     wait_timeout=_wait_timeout(settings.wait_timeout, session.params, session.ref),
                     choose=lambda host: _restore_pick(session, settings, host, single=False),
                     on_hosts=reporter.set_hosts))

@@ -108,7 +108,8 @@ class Cluster:
         cfg = kubernetes.client.Configuration()
         if kubeconfig:
             if not os.path.isfile(kubeconfig):
-                raise BadInput(f"--kubeconfig {kubeconfig}: no such file")
+                raise BadInput(f"--kubeconfig {kubeconfig}: " + ("not a file" if os.path.exists(kubeconfig)
+                                                                 else "no such file"))
             _load_kubeconfig(kubeconfig, cfg, f"--kubeconfig {kubeconfig}")
         elif env.get("KUBERNETES_SERVICE_HOST") and env.get("KUBERNETES_SERVICE_PORT") and os.path.isfile(token_file):
             try:
@@ -375,9 +376,11 @@ def _load_kubeconfig(path: str, cfg: kubernetes.client.Configuration, label: str
         kubernetes.config.load_kube_config(config_file=path, client_configuration=cfg, persist_config=False)
     except yaml.YAMLError as e:
         raise BadInput(f"{label}: not valid YAML: {first_line(e)}") from None
-    except (ConfigException, OSError, ValueError, TypeError, KeyError, AttributeError) as e:
-        # The loader indexes into the parsed document: a wrong shape shows up as one of these.
+    except (ConfigException, OSError, ValueError) as e:
         raise BadInput(f"{label}: {first_line(e)}") from None
+    except (TypeError, KeyError, AttributeError) as e:
+        # The loader indexes into the parsed document: a wrong shape shows up as one of these.
+        raise BadInput(f"{label}: not a kubeconfig ({first_line(e)})") from None
 
 
 def _status_message(e: ApiException) -> str:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import drivers
 from backends import Backend, open_backend
+from backends.factory import SUPPORTED
 from backends.retry import RetryPolicy
 from backends.spec import PROVIDERS, BackendSpec
 from drivers import Driver, DriverOptions, Endpoint
@@ -84,9 +85,10 @@ def storage_from_flags(
 ) -> Storage:
     """Stash's addon flags: --provider --bucket --path ... with the secret by name or mounted."""
     if not provider:
-        raise BadInput("--provider is missing (one of: " + ", ".join(PROVIDERS) + ")")
+        # Only the providers this version opens: b2, swift and rest are restic's, known but not supported here.
+        raise BadInput("--provider is missing (one of: " + ", ".join(SUPPORTED) + ")")
     if provider not in PROVIDERS:
-        raise BadInput(f"--provider {provider!r}: unknown provider (known: {', '.join(PROVIDERS)})")
+        raise BadInput(f"--provider {provider!r}: unknown provider (supported: {', '.join(SUPPORTED)})")
     spec = BackendSpec(provider, bucket=bucket, prefix=path, endpoint=endpoint, region=region,
                        max_connections=max_connections, insecure_tls=insecure_tls)
     if secret_dir:

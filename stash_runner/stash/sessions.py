@@ -278,6 +278,8 @@ class RestoreSession:
 def _rules(target: dict, ref: str, path: str) -> tuple[RestoreRule, ...]:
     """A restore target's ``rules`` (a RestoreSession's spec.target, a RestoreBatch member's target)."""
     rules = []
+    if not isinstance(target.get("rules") or [], list):
+        raise BadInput(f"{ref}: {path}.rules must be a list")
     for i, r in enumerate(target.get("rules") or []):
         if not isinstance(r, dict):
             raise BadInput(f"{ref}: {path}.rules[{i}] must be a mapping")

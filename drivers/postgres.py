@@ -77,6 +77,12 @@ class Connection:
         )
 
 
+def _text(value: str | bytes) -> str:
+    """A name as the server sent it. psycopg hands text over as bytes when the server's encoding is SQL_ASCII (a
+    cluster initdb'd under the C locale, as in many containers); the dump's names are read as UTF-8 too."""
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
 class PostgresDriver(Driver):
     filename = FILENAME
 
@@ -265,8 +271,8 @@ class PostgresDriver(Driver):
         with self._connect(initial) as c:
             rows = c.execute("SELECT datname, datistemplate FROM pg_database").fetchall()
             objects = c.execute(f"SELECT EXISTS ({_OBJECTS})").fetchone()
-        existing = {r[0] for r in rows}
-        users = sorted(r[0] for r in rows if not r[1] and r[0] != "postgres")
+        existing = {_text(r[0]) for r in rows}
+        users = sorted(_text(r[0]) for r in rows if not r[1] and _text(r[0]) != "postgres")
         why = []
         if users:
             why.append(f"databases {', '.join(users)}")
@@ -277,7 +283,8 @@ class PostgresDriver(Driver):
     def _objects(self, dbname: str) -> list[tuple[str, str, str]]:
         """The user's schemas and relations in a database: (kind, schema, name; "" for a schema)."""
         with self._connect(dbname) as c:
-            return [(r[0], r[1], r[2]) for r in c.execute(_OBJECTS + " ORDER BY 1, 2, 3").fetchall()]
+            return [(_text(r[0]), _text(r[1]), _text(r[2]))
+                    for r in c.execute(_OBJECTS + " ORDER BY 1, 2, 3").fetchall()]
 
     def _check(self, facts: pgsql.Facts, existing: set[str], initial: str, plan: pgsql.Plan) -> None:
         """Fail (BadInput, nothing written) naming what the dump would create and the target has, unless

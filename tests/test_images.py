@@ -101,9 +101,10 @@ def test_hadolint_is_clean():
 
 # -- a real backup and restore inside each image ------------------------------------------------------------
 
-def _pg(*args: str, objects: str, repo: str | None = None, env: dict | None = None, uid: int = POD_UID):
+def _pg(*args: str, objects: str, repo: str | None = None, env: dict | None = None, uid: int = POD_UID,
+        img: str = ""):
     volumes = {repo: "/repo"} if repo else {}
-    return run_in(image("postgres"), *args, "--objects", "/objects.yaml", *AS_STASH, "--appbinding", "pg",
+    return run_in(img or image("postgres"), *args, "--objects", "/objects.yaml", *AS_STASH, "--appbinding", "pg",
                   "--repository", "repo", volumes=volumes, ro_volumes={objects: "/objects.yaml"}, env=env, uid=uid)
 
 
@@ -246,15 +247,13 @@ def test_a_postgresql_17_server_needs_a_17_client(pg17, tmp_path, volume):
     assert os.listdir(repo) == [], "nothing is written before the versions are checked"
 
     trixie = image("postgres", "trixie")
-    r = run_in(trixie, "backup", "--objects", "/objects.yaml", *AS_STASH, "--appbinding", "pg",
-               "--repository", "repo", volumes={repo: "/repo"}, ro_volumes={objects: "/objects.yaml"})
+    r = _pg("backup", objects=objects, repo=repo, img=trixie)
     assert r.returncode == 0, r.stderr.decode()
     assert "/usr/lib/postgresql/17/bin" in r.stderr.decode()
     restic(repo, "check", "--read-data")
     objects_t = objects_yaml(str(tmp_path / "t.yaml"), cluster=target, repo_dir="/repo")
     os.chmod(objects_t, 0o644)
-    r = run_in(trixie, "restore", "--objects", "/objects.yaml", *AS_STASH, "--appbinding", "pg",
-               "--repository", "repo", volumes={repo: "/repo"}, ro_volumes={objects_t: "/objects.yaml"})
+    r = _pg("restore", objects=objects_t, repo=repo, img=trixie)
     assert r.returncode == 0, r.stderr.decode()
     q = "SELECT count(*), sum(price) FROM items"
     assert target.psql(q, db="shop") == source.psql(q, db="shop") == "5000|15628125.00\n"
@@ -266,8 +265,7 @@ def test_a_newer_client_dumps_an_older_server(pg17, source_pg, fresh_pg, tmp_pat
     objects = objects_yaml(str(tmp_path / "o.yaml"), cluster=source_pg, repo_dir="/repo")
     os.chmod(objects, 0o644)
     trixie = image("postgres", "trixie")
-    r = run_in(trixie, "backup", "--objects", "/objects.yaml", *AS_STASH, "--appbinding", "pg",
-               "--repository", "repo", volumes={repo: "/repo"}, ro_volumes={objects: "/objects.yaml"})
+    r = _pg("backup", objects=objects, repo=repo, img=trixie)
     assert r.returncode == 0, r.stderr.decode()
     assert "/usr/lib/postgresql/17/bin" in r.stderr.decode()
     restic(repo, "check", "--read-data")

@@ -26,7 +26,9 @@ demo:
 
 bench: deps
 	$(PYTHON) bench/bench_backup.py
+	$(PYTHON) bench/bench_restore.py
 	$(PYTHON) bench/bench_maintenance.py
+	$(PYTHON) bench/bench_scale.py
 	$(PYTHON) bench/bench_mongo.py
 	$(PYTHON) bench/bench_es.py
 

@@ -63,6 +63,9 @@ class S3Backend(Backend):
         self.connections = connections
         self.region = region
         self._ca_file = ca_file
+        # Over plain HTTP botocore signs every body's SHA-256, which the server checks; a Content-MD5 on top would
+        # only hash each pack a second time. Over HTTPS the body is not signed and the MD5 is the body's check.
+        self._md5 = str(client.meta.endpoint_url).startswith("https:")
 
     @classmethod
     def from_spec(cls, spec: BackendSpec, secret: Credentials, where: str, *, timeout: float,
@@ -152,10 +155,10 @@ class S3Backend(Backend):
     # -- the interface -----------------------------------------------------------------------------
 
     def save(self, h: Handle, data: bytes) -> None:
-        md5 = base64.b64encode(hashlib.md5(data).digest()).decode()
+        kw = {"ContentMD5": base64.b64encode(hashlib.md5(data).digest()).decode()} if self._md5 else {}
         try:
-            self.client.put_object(Bucket=self.bucket, Key=self._key(h), Body=data, ContentMD5=md5,
-                                   ContentLength=len(data), ContentType="application/octet-stream")
+            self.client.put_object(Bucket=self.bucket, Key=self._key(h), Body=data, ContentLength=len(data),
+                                   ContentType="application/octet-stream", **kw)
         except Exception as e:
             raise self._error(e, f"save {h}") from None
 

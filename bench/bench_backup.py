@@ -51,6 +51,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import re
 import shutil
 import statistics
 import subprocess
@@ -77,7 +78,10 @@ from tests.servers import Server, start_moto  # noqa: E402
 MB = 1_000_000  # dump sizes and throughput in decimal MB, as --size-mb
 MIB = 1 << 20  # memory and repository sizes in MiB
 
-TARGET_WALL_VS_DUMP = 1.15  # stash-runner wall / pg_dumpall wall, at most
+TARGET_WALL_VS_DUMP = 1.10  # stash-runner wall / pg_dumpall wall, at most (local repository)
+TARGET_WALL_VS_DUMP_S3 = 1.25  # the same with the repository on the S3 emulator
+TARGET_AGAIN_VS_DUMP = 1.05  # a second backup of the unchanged database (everything deduplicates)
+TARGET_CPU_PER_GB = 4.5  # the runner's own process (not pg_dump's), CPU s per GB of dump
 TARGET_RESTIC_VS_RUNNER = 1.5  # restic wall / stash-runner wall, at least
 TARGET_RSS_MIB = 300  # stash-runner peak RSS, at most
 SIZE_TOLERANCE = 0.25  # re-load the data when load_bulk misses the dump size by more than this
@@ -85,9 +89,10 @@ SIZE_TOLERANCE = 0.25  # re-load the data when load_bulk misses the dump size by
 STEP_DUMP = "pg_dumpall > /dev/null"
 STEP_RESTIC = "pg_dumpall | restic backup --stdin"
 STEP_RUNNER = "stash-runner backup"
+STEP_AGAIN = "stash-runner backup, unchanged database"
 STEP_RESTIC_S3 = "pg_dumpall | restic backup --stdin (S3)"
 STEP_RUNNER_S3 = "stash-runner backup (S3)"
-LOCAL_STEPS = (STEP_DUMP, STEP_RESTIC, STEP_RUNNER)
+LOCAL_STEPS = (STEP_DUMP, STEP_RESTIC, STEP_RUNNER, STEP_AGAIN)
 S3_STEPS = (STEP_RESTIC_S3, STEP_RUNNER_S3)
 STEPS = LOCAL_STEPS + S3_STEPS
 S3_PREFIX = "stash/pg"
@@ -121,6 +126,9 @@ class Sample:
     s3_server_cpu: float | None = None  # moto, same window (S3 steps only)
     s3_server_peak_rss_kib: int | None = None  # moto's VmHWM over the step (reset just before it)
     s3_server_rss_before_kib: int | None = None  # moto's VmRSS when the step started
+    own_cpu: float | None = None  # stash-runner's python process alone (not pg_dump), from its atexit report
+    threads: dict[str, float] = field(default_factory=dict)  # stash-runner's CPU by thread kind
+    pipeline: dict[str, float] = field(default_factory=dict)  # the archiver's waits (its -v log line)
 
 
 # -- processes ---------------------------------------------------------------------------------
@@ -346,9 +354,10 @@ def measure_restic(cluster: PgCluster, run_dir: str, s3: S3Server | None = None,
 
 
 def measure_runner(cluster: PgCluster, run_dir: str, s3: S3Server | None = None,
-                   bucket: str = "") -> tuple[Sample, str]:
-    """Into ``run_dir``/runner-repo, or with ``s3`` into ``bucket`` on it (which the runner creates)."""
-    tag = "-s3" if s3 else ""
+                   bucket: str = "", again: bool = False) -> tuple[Sample, str]:
+    """Into ``run_dir``/runner-repo, or with ``s3`` into ``bucket`` on it (which the runner creates). ``again``:
+    a second backup into the local repository the first one made."""
+    tag = "-s3" if s3 else "-again" if again else ""
     if s3:
         repo = s3.restic_url(bucket)
         objects = objects_yaml(os.path.join(run_dir, "objects-s3.yaml"), cluster=cluster, backend=s3.backend(bucket),
@@ -358,7 +367,7 @@ def measure_runner(cluster: PgCluster, run_dir: str, s3: S3Server | None = None,
         objects = objects_yaml(os.path.join(run_dir, "objects.yaml"), cluster=cluster, repo_dir=repo)
     rss_file = os.path.join(run_dir, f"runner-rusage{tag}.json")
     logs = {"stash-runner": os.path.join(run_dir, f"stash-runner{tag}.log")}
-    argv = [sys.executable, "-c", WRAPPER, rss_file, "runner",
+    argv = [sys.executable, "-c", WRAPPER, rss_file, "runner", "-v",
             "backup", "--objects", objects, "-n", "demo", "--appbinding", "pg", "--repository", "repo"]
     procs: list[subprocess.Popen] = []
     with Window(cluster.pid, s3) as win, open(logs["stash-runner"], "wb") as log, _killed_on_error(procs):
@@ -374,8 +383,36 @@ def measure_runner(cluster: PgCluster, run_dir: str, s3: S3Server | None = None,
     # The python process alone, from its atexit report; wait4's value is in `procs` for comparison.
     usage["stash-runner (python only)"] = ProcUsage(own["utime"], own["stime"], peak_rss_kib(own), 0)
     stored = s3.stored_bytes(bucket) if s3 else dir_bytes(repo)
-    step = STEP_RUNNER_S3 if s3 else STEP_RUNNER
-    return win.fill(Sample(step, wall, u.utime + u.stime, peak_rss_kib(own), stored, usage)), repo
+    step = STEP_RUNNER_S3 if s3 else STEP_AGAIN if again else STEP_RUNNER
+    sample = win.fill(Sample(step, wall, u.utime + u.stime, peak_rss_kib(own), stored, usage))
+    sample.own_cpu = own["utime"] + own["stime"]
+    sample.threads = thread_kinds(own["threads"])
+    with open(logs["stash-runner"], errors="replace") as f:
+        sample.pipeline = pipeline_waits(f.read())
+    return sample, repo
+
+
+def thread_kinds(threads: list[tuple[str, float]]) -> dict[str, float]:
+    """CPU s by kind of thread: blob_0 and blob_1 are "blob" (the workers), upload_3 is "upload" and so on."""
+    kinds: dict[str, float] = {}
+    for name, cpu in threads:
+        kind = re.sub(r"[_-]?\d+$", "", name.split(" ")[0]) or name
+        kinds[kind] = kinds.get(kind, 0.0) + cpu
+    return kinds
+
+
+_PIPELINE = re.compile(r"the reader waited ([\d.]+) s for the dump tool and ([\d.]+) s for (\d+) workers, which "
+                       r"were busy ([\d.]+) s of ([\d.]+) s")
+
+
+def pipeline_waits(log: str) -> dict[str, float]:
+    """The archiver's account of where the reader's and the workers' time went (logged with -v)."""
+    m = _PIPELINE.search(log)
+    if not m:
+        return {}
+    read_wait, worker_wait, workers, busy, capacity = m.groups()
+    return {"read_wait_s": float(read_wait), "worker_wait_s": float(worker_wait), "workers": int(workers),
+            "workers_busy_s": float(busy), "workers_capacity_s": float(capacity)}
 
 
 # -- data --------------------------------------------------------------------------------------
@@ -452,6 +489,15 @@ def summarize(runs: dict[str, list[Sample]], dump_bytes: int) -> dict[str, dict]
             "server_cpu_s": median_of(samples, "server_cpu"),
             "other_cpu_s": median_of(samples, "other_cpu"),
         }
+        own = median_of(samples, "own_cpu")
+        if own is not None:
+            out[step]["own_cpu_s"] = own
+            out[step]["own_cpu_s_per_gb"] = own / (dump_bytes / 1e9)
+            kinds = sorted({k for s in samples for k in s.threads})
+            out[step]["threads_cpu_s"] = {k: statistics.median(s.threads.get(k, 0.0) for s in samples) for k in kinds}
+            keys = sorted({k for s in samples for k in s.pipeline})
+            out[step]["pipeline"] = {k: statistics.median(s.pipeline[k] for s in samples if k in s.pipeline)
+                                     for k in keys}
         if step in S3_STEPS:
             moto_rss = median_of(samples, "s3_server_peak_rss_kib")
             out[step]["s3_server_cpu_s"] = median_of(samples, "s3_server_cpu")
@@ -466,11 +512,18 @@ def ratios(med: dict[str, dict]) -> list[dict]:
         dump, rest, runner = med[STEP_DUMP], med[STEP_RESTIC], med[STEP_RUNNER]
         checks += [
             ("stash-runner wall / pg_dumpall wall", runner["wall_s"] / dump["wall_s"], "<=", TARGET_WALL_VS_DUMP),
+            ("stash-runner CPU s per GB (its own process)", runner["own_cpu_s_per_gb"], "<=", TARGET_CPU_PER_GB),
             ("restic wall / stash-runner wall", rest["wall_s"] / runner["wall_s"], ">=", TARGET_RESTIC_VS_RUNNER),
             ("stash-runner peak RSS MiB", runner["peak_rss_mib"], "<=", TARGET_RSS_MIB),
         ]
+        if STEP_AGAIN in med:
+            checks.append(("second backup wall / pg_dumpall wall", med[STEP_AGAIN]["wall_s"] / dump["wall_s"], "<=",
+                           TARGET_AGAIN_VS_DUMP))
     if STEP_RUNNER_S3 in med:
         rest, runner = med[STEP_RESTIC_S3], med[STEP_RUNNER_S3]
+        if STEP_DUMP in med:
+            checks.append(("stash-runner-S3 wall / pg_dumpall wall", runner["wall_s"] / med[STEP_DUMP]["wall_s"],
+                           "<=", TARGET_WALL_VS_DUMP_S3))
         checks += [
             ("restic-S3 wall / stash-runner-S3 wall", rest["wall_s"] / runner["wall_s"], ">=",
              TARGET_RESTIC_VS_RUNNER),
@@ -525,6 +578,7 @@ def markdown(meta: dict, med: dict[str, dict], checks: list[dict], verify: dict)
             before = median_of(meta["_runs"][step], "s3_server_rss_before_kib")
             lines.append(f"| `{step}` | {_fmt(m['s3_server_cpu_s'], 1)} | {_fmt(m['s3_server_peak_rss_mib'], 0)} / "
                          f"{_fmt(m['s3_server_peak_rss_mib_max'], 0)} | {_fmt(before and before / 1024, 0)} |")
+    lines += profile_lines(med, meta["machine"]["cpus"])
     disturbed = [s for s in steps if med[s]["other_cpu_s"] > 0.1 * med[s]["wall_s"]]
     if disturbed:
         lines += ["", f"**Warning:** other processes used more than 0.1 core during {', '.join(disturbed)}: "
@@ -545,6 +599,43 @@ def markdown(meta: dict, med: dict[str, dict], checks: list[dict], verify: dict)
             f"stash-runner {v['runner_repo_version']}.",
         ]
     return "\n".join(lines) + "\n"
+
+
+def profile_lines(med: dict[str, dict], cpus: int) -> list[str]:
+    """Where stash-runner's time goes: CPU by thread, the reader's and workers' waits, and the floor that the
+    machine's cores set: (every process's CPU in the step) / cores is the shortest wall the step could have."""
+    runner_steps = [s for s in (STEP_RUNNER, STEP_AGAIN, STEP_RUNNER_S3) if s in med and "threads_cpu_s" in med[s]]
+    if not runner_steps:
+        return []
+    kinds = sorted({k for s in runner_steps for k in med[s]["threads_cpu_s"]},
+                   key=lambda k: -max(med[s]["threads_cpu_s"].get(k, 0.0) for s in runner_steps))
+    kinds = [k for k in kinds if max(med[s]["threads_cpu_s"].get(k, 0.0) for s in runner_steps) >= 0.01]
+    lines = ["", "stash-runner's own process (median): CPU s by thread (MainThread reads and chunks the dump, blob = "
+             "the workers: hash, compress, encrypt, fill packs; upload = the backend's writes), then the reader's "
+             "waits and the workers' busy time (wall s) from its -v log.", "",
+             "| step | own CPU s | CPU s/GB | " + " | ".join(kinds) + " | reader waits for dump s | reader waits for "
+             "workers s | workers busy / capacity s |",
+             "|---|---:|---:|" + "---:|" * len(kinds) + "---:|---:|---:|"]
+    for step in runner_steps:
+        m = med[step]
+        p = m.get("pipeline") or {}
+        busy = (f"{p['workers_busy_s']:.1f} / {p['workers_capacity_s']:.1f}" if "workers_busy_s" in p else "–")
+        lines.append(f"| `{step}` | {m['own_cpu_s']:.2f} | {m['own_cpu_s_per_gb']:.2f} | "
+                     + " | ".join(f"{m['threads_cpu_s'].get(k, 0.0):.2f}" for k in kinds)
+                     + f" | {_fmt(p.get('read_wait_s'), 2)} | {_fmt(p.get('worker_wait_s'), 2)} | {busy} |")
+    if STEP_DUMP in med:
+        dump = med[STEP_DUMP]
+        lines += ["", f"The floor {cpus} cores set: all CPU of the step (ours with pg_dump, the server"
+                  + (", moto" if STEP_RUNNER_S3 in runner_steps else "") + ") / cores, against pg_dumpall's wall.",
+                  "", "| step | CPU s, all | floor s | floor / pg_dumpall wall | wall / floor |",
+                  "|---|---:|---:|---:|---:|"]
+        for step in [STEP_DUMP, *runner_steps]:
+            m = med[step]
+            total = m["cpu_s"] + m["server_cpu_s"] + (m.get("s3_server_cpu_s") or 0.0)
+            floor = total / cpus
+            lines.append(f"| `{step}` | {total:.2f} | {floor:.2f} | {floor / dump['wall_s']:.2f} | "
+                         f"{m['wall_s'] / floor:.2f} |")
+    return lines
 
 
 def repo_version(repo: str, env: dict[str, str] | None = None) -> int | None:
@@ -634,6 +725,8 @@ def main(argv: list[str] | None = None) -> int:
                     sample, restic_repo = measure_restic(cluster, run_dir)
                 elif step == STEP_RUNNER:
                     sample, runner_repo = measure_runner(cluster, run_dir)
+                elif step == STEP_AGAIN:
+                    sample, _ = measure_runner(cluster, run_dir, again=True)
                 else:
                     kind = "restic" if step == STEP_RESTIC_S3 else "runner"
                     s3 = S3Server(os.path.join(tmp, f"moto-{i}-{kind}"), args.s3_connections)

@@ -235,7 +235,9 @@ class DumpStream:
         self._out: list[bytes] = []
         self._lexer = _Lexer()
         self._copy = False
-        self._copy_bol = False  # the COPY data starts at the buffer's position (its terminator may be first)
+        # The last bytes of the COPY data given out so far (at most 3), where a terminator may begin; b"\n" when
+        # none is (the data starts a line, so its terminator may be its first line).
+        self._copy_prev = b"\n"
         self._globals = True
         self._current = plan.initial_db  # the database psql is connected to
         self._restrict: bytes | None = None  # the key of the \restrict in force
@@ -275,17 +277,23 @@ class DumpStream:
                     self._insert(self.plan.clean_sql[""])
         while pos < n:
             if self._copy:
-                end = pos + 3 if self._copy_bol and buf.startswith(b"\\.\n", pos) else -1
-                if end < 0:
+                # A terminator that begins in the COPY data already given out (or right at its start: the
+                # virtual newline) and ends here; then one in this buffer.
+                probe = self._copy_prev + buf[pos:pos + len(_COPY_END) - 1]
+                i = probe.find(_COPY_END)
+                if i >= 0:
+                    end = pos + i + len(_COPY_END) - len(self._copy_prev)
+                else:
                     i = buf.find(_COPY_END, pos)
                     end = i + len(_COPY_END) if i >= 0 else -1
                 if end >= 0:
                     pos, self._copy = end, False
                     continue
-                # keep the last bytes: a terminator may begin in them
-                stop = n if final else max(pos, n - len(_COPY_END) + 1)
-                if stop > pos:
-                    pos, self._copy_bol = stop, False
+                # All of it is table data: give it out whole (no copy of the buffer), keeping its last bytes, where
+                # a terminator may begin.
+                keep = len(_COPY_END) - 1
+                self._copy_prev = buf[n - keep:n] if n - pos >= keep else (self._copy_prev + buf[pos:n])[-keep:]
+                pos = n
                 break
             nl = buf.find(b"\n", pos)
             if nl < 0:
@@ -406,7 +414,7 @@ class DumpStream:
         if self._context is not None and not self._emit:  # what a database gets is only asked of a scan
             self._record(line)
         if first == b"C" and _COPY_FROM_STDIN.match(line):
-            self._copy, self._copy_bol = True, True
+            self._copy, self._copy_prev = True, b"\n"
             return
         m = _DROP.match(line) if first == b"D" else None
         if m:

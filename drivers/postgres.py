@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import array
+import collections
 import contextlib
 import fcntl
 import logging
@@ -13,6 +14,8 @@ import shutil
 import subprocess
 import tempfile
 import termios
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -372,29 +375,116 @@ def _unread(pipe: IO[bytes] | None) -> int | None:
     return buf[0]
 
 
+# The rewritten dump waiting for psql in our memory, at most (besides the pipe's own 1 MiB): reading and rewriting
+# the dump run ahead of psql by this much, so that psql never waits for a blob to be fetched and checked.
+_WRITE_AHEAD = 16 << 20
+# One write into psql's pipe, at most: an abandoned restore stops writing within one of these.
+_WRITE_PIECE = 256 << 10
+
+
+class _Writer:
+    """Writes the chunks given to it into psql's stdin from a thread of its own (a write into a pipe does not hold
+    the GIL), so that the dump is read, checked and rewritten while psql and the server work on what came before.
+    ``sent``: the bytes written so far. It writes to a duplicate of ``fd``, closed when it ends: psql sees the end
+    of its input once both are closed, and closing ``fd`` never pulls the descriptor from under a write."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = os.dup(fd)
+        self.sent = 0
+        self.starved = 0.0  # seconds the writer waited for the dump (psql may have waited too, once its pipe ran dry)
+        self.broken = False  # psql stopped reading (EPIPE)
+        self.error: OSError | None = None  # any other failed write
+        self._chunks: collections.deque[bytes] = collections.deque()
+        self._queued = 0
+        self._cond = threading.Condition()
+        self._closed = False  # no chunk comes any more: write what is queued, then end
+        self._abort = False  # stop writing now
+        self._thread = threading.Thread(target=self._run, name="psql-writer", daemon=True)
+        self._thread.start()
+
+    def put(self, chunk: bytes) -> bool:
+        """Queue a chunk (waiting while too much is queued); False once nothing more can be written."""
+        with self._cond:
+            while self._queued >= _WRITE_AHEAD and self._thread.is_alive():
+                self._cond.wait(0.5)
+            if not self._thread.is_alive():
+                return False
+            self._chunks.append(chunk)
+            self._queued += len(chunk)
+            self._cond.notify_all()
+        return True
+
+    def finish(self) -> None:
+        """Write what is queued; return when it is written (or psql stopped reading)."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join()
+        if self.error is not None:
+            raise self.error
+
+    def abort(self, timeout: float = 5.0) -> None:
+        """Stop writing, after the write under way (so that ``sent`` counts every byte in the pipe)."""
+        with self._cond:
+            self._abort = True
+            self._chunks.clear()
+            self._cond.notify_all()
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        try:
+            while True:
+                with self._cond:
+                    if not self._chunks and not (self._closed or self._abort):
+                        waited = time.monotonic()
+                        while not self._chunks and not (self._closed or self._abort):
+                            self._cond.wait()
+                        if self.sent:  # not the wait for the first chunk
+                            self.starved += time.monotonic() - waited
+                    if self._abort or not self._chunks:
+                        return
+                    chunk = self._chunks[0]
+                view = memoryview(chunk)
+                while view and not self._abort:
+                    n = os.write(self.fd, view[:_WRITE_PIECE])
+                    self.sent += n
+                    view = view[n:]
+                view.release()
+                with self._cond:
+                    if self._chunks and self._chunks[0] is chunk:
+                        self._chunks.popleft()
+                    self._queued -= len(chunk)
+                    self._cond.notify_all()
+        except BrokenPipeError:
+            self.broken = True  # psql stopped reading: its exit code and stderr say why
+        except OSError as e:
+            self.error = e
+        finally:
+            os.close(self.fd)
+            with self._cond:
+                self._cond.notify_all()
+
+
 def feed(argv: list[str], env: dict[str, str], stream: Iterable[bytes], *, secrets: Iterable[str | None] = (),
          where: Callable[[int | None, int | None], str]) -> None:
     """Pipe the dump into psql; ToolFailed with its stderr when it fails. Any failure on the way (psql's, the
-    repository's, SIGTERM) is told how far the restore got: ``where(line of psql's error, bytes psql read)``."""
+    repository's, SIGTERM) is told how far the restore got: ``where(line of psql's error, bytes psql read)``.
+
+    The dump is written by a thread of its own (``_Writer``), up to ``_WRITE_AHEAD`` behind the reading."""
     tool = Tool(argv, env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, secrets=secrets)
     stdin = tool.proc.stdin
     assert stdin is not None
-    sent = 0
+    writer = _Writer(stdin.fileno())
     unread: int | None = None
     psql_failed = False
     try:
         try:
-            broken = False
             for chunk in stream:
-                view = memoryview(chunk)
-                try:
-                    while view:
-                        n = stdin.write(view)
-                        sent += n
-                        view = view[n:]
-                except BrokenPipeError:
-                    broken = True  # psql stopped reading: its exit code and stderr say why
+                if not writer.put(chunk):
                     break
+            writer.finish()
+            log.debug("wrote %d bytes into %s; the writer waited %.2f s for the dump", writer.sent, tool.name,
+                      writer.starved)
             unread = _unread(stdin)
             with contextlib.suppress(BrokenPipeError):
                 stdin.close()
@@ -402,16 +492,18 @@ def feed(argv: list[str], env: dict[str, str], stream: Iterable[bytes], *, secre
             psql_failed = True
             if rc != 0:
                 raise tool.failure(rc)
-            if broken:
+            if writer.broken:
                 raise ToolFailed(f"{tool.name} exited before it read the whole dump")
         except (RunnerError, Interrupted, KeyboardInterrupt) as e:
+            writer.abort()
             if unread is None:
                 unread = _unread(stdin)
             lines = _PSQL_ERROR_LINE.findall(tool.stderr_tail()) if psql_failed else []
-            note = where(int(lines[-1]) if lines else None, sent - unread if unread is not None else None)
+            note = where(int(lines[-1]) if lines else None, writer.sent - unread if unread is not None else None)
             # The same exception (its type is its exit code), told which database is partly restored: the message
             # goes to stderr, output.json and the session's status as it is.
             e.args = (f"{e}; {note}" if str(e) else note,)
             raise
     finally:
+        writer.abort(timeout=0)
         tool.stop()

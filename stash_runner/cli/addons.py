@@ -5,15 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import click
 
-from stash_runner.restic import compression
-from stash_runner.stash.host import run_host
-from stash_runner.stash.output import SnapshotStats
-from stash_runner.stash.resolve import open_objects
-
 from .options import (
+    COMPRESSION_DEFAULT_LEVEL,
     ES_ARGS,
     MONGO_ARGS,
     PG_ARGS,
@@ -32,6 +29,11 @@ from .options import (
 )
 from .run import restore_batch_member
 from .wiring import backup_host, backup_session, flags_storage_and_driver, restore_host, restore_session
+
+if TYPE_CHECKING:
+    from stash_runner.stash.output import SnapshotStats
+
+# The Stash layer is imported when a command runs (see options.py, "Start-up").
 
 
 @dataclass(frozen=True)
@@ -74,17 +76,20 @@ ADDONS = (
 
 def backup_command(addon: Addon) -> click.Command:
     def backup_addon(**kw) -> None:
+        from stash_runner.stash.host import run_host
+        from stash_runner.stash.resolve import open_objects
+
         backup_cmd = kw.get("backup_cmd", "")
         opts = driver_options(kw, backup_cmd, driver=addon.driver)
         if kw["backupsession"]:
-            backup_session(kw, opts, [], compression.DEFAULT_LEVEL, None)
+            backup_session(kw, opts, [], COMPRESSION_DEFAULT_LEVEL, None)
             return
         hostname = kw["hostname"] or "host-0"
 
         def work() -> tuple[SnapshotStats, dict | None]:
             with open_objects(kw["objects"], kw["kubeconfig"]) as (source, _):
                 storage, drv = flags_storage_and_driver(source, kw, opts)
-            return backup_host(drv, storage, hostname, [], wait_timeout(kw), compression.DEFAULT_LEVEL, None, kw)
+            return backup_host(drv, storage, hostname, [], wait_timeout(kw), COMPRESSION_DEFAULT_LEVEL, None, kw)
 
         run_host(kw["output_dir"], kw["appbinding"], hostname, work)
 
@@ -104,6 +109,9 @@ def backup_command(addon: Addon) -> click.Command:
 
 def restore_command(addon: Addon) -> click.Command:
     def restore_addon(**kw) -> None:
+        from stash_runner.stash.host import run_host
+        from stash_runner.stash.resolve import open_objects
+
         if "," in kw["snapshot"]:
             # Stash's Elasticsearch addon takes a list here and restores each in turn over the last.
             raise click.BadParameter("one snapshot at a time (a restore of several would overwrite each other)",

@@ -6,17 +6,28 @@ import logging
 import os
 import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import click
 
 from backends.factory import SUPPORTED as SUPPORTED_PROVIDERS
 from backends.retry import RetryPolicy
-from drivers import DriverOptions
 from stash_runner.errors import BadInput
-from stash_runner.maintenance.retention import Policy
-from stash_runner.stash import metrics
-from stash_runner.stash.objects import MAX_CONNECTIONS
-from stash_runner.stash.sessions import Retention
+
+if TYPE_CHECKING:
+    from drivers import DriverOptions
+    from stash_runner.maintenance.retention import Policy
+    from stash_runner.stash.sessions import Retention
+
+# Start-up: the commands and their flags are declared when the CLI is imported, so this module (and every command
+# module) imports only click and light modules; what a command needs is imported when it runs. These copies of
+# constants of heavier modules are checked against their sources by tests/test_startup.py.
+#: stash_runner.stash.metrics.ENV_PUSHGATEWAY_URL
+ENV_PUSHGATEWAY_URL = "PROMETHEUS_PUSHGATEWAY_URL"
+#: stash_runner.stash.objects.MAX_CONNECTIONS
+MAX_CONNECTIONS = 128
+#: stash_runner.restic.compression's DEFAULT_LEVEL, MIN_LEVEL and MAX_LEVEL (zstandard's)
+COMPRESSION_DEFAULT_LEVEL, COMPRESSION_MIN_LEVEL, COMPRESSION_MAX_LEVEL = 1, -(1 << 17), 22
 
 _VERBOSITY = "stash_runner.verbosity"
 #: the storage SDKs and API clients whose loggers stay at ERROR
@@ -72,7 +83,7 @@ def report_options(f: Callable) -> Callable:
     opts = [
         bool_option("--metrics-enabled", "true", "Push metrics when a Pushgateway is known (true/false)."),
         click.option("--metrics-pushgateway-url", default="",
-                     help=f"Pushgateway URL (default: ${metrics.ENV_PUSHGATEWAY_URL}; none: no metrics)."),
+                     help=f"Pushgateway URL (default: ${ENV_PUSHGATEWAY_URL}; none: no metrics)."),
         click.option("--prom-job-name", default="", envvar="PROMETHEUS_JOB_NAME",
                      help="Job to push under (default: <lower(invokerKind)>-<namespace>-<invokerName>)."),
         click.option("--metrics-labels", multiple=True, help="Extra labels key=value (comma-separated; repeatable)."),
@@ -191,6 +202,8 @@ def retention_options(f: Callable) -> Callable:
 
 
 def retention(kw: dict) -> tuple[Policy, bool, bool]:
+    from stash_runner.maintenance.retention import Policy
+
     # Stash passes each tag as its own --keep-tag: "a,b" keeps snapshots tagged a or b.
     tags = tuple(t.strip() for t in kw["retention_keep_tags"].split(",") if t.strip())
     policy = Policy(last=kw["retention_keep_last"], hourly=kw["retention_keep_hourly"],
@@ -201,6 +214,8 @@ def retention(kw: dict) -> tuple[Policy, bool, bool]:
 
 def retention_override(kw: dict) -> Retention | None:
     """The --retention-* flags when they name a policy; None leaves the invoker's retentionPolicy."""
+    from stash_runner.stash.sessions import Retention
+
     policy, prune, dry_run = retention(kw)
     return None if policy.empty() else Retention(policy, prune, dry_run)
 
@@ -376,6 +391,8 @@ def driver_options(kw: dict, backup_cmd: str = "", driver: str | None = None,
                    purpose: str = "backup") -> DriverOptions:
     """The driver flags. --driver "" means the AppBinding's spec.type; Stash's addon spellings (backup-pg, ...)
     have no --driver and name theirs."""
+    from drivers import DriverOptions
+
     return DriverOptions(backup_cmd=backup_cmd, args=kw["tool_args"], user=kw["user"],
                          scratch_dir=kw["scratch_dir"], driver=kw["driver"] if driver is None else driver,
                          purpose=purpose, auth_database=kw.get("authentication_database") or "",

@@ -3,29 +3,24 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import logging
 import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import click
 
 from stash_runner.errors import IntegrityError
-from stash_runner.maintenance.check import parse_subset, run_check, summarize
-from stash_runner.maintenance.post_backup import apply_retention
-from stash_runner.maintenance.prune import max_unused_limit, parse_size, run_prune
-from stash_runner.maintenance.retention import Policy, parse_group_by
-from stash_runner.maintenance.stats import run_stats
-from stash_runner.restic.lock import RepositoryLock
-from stash_runner.restic.lock import unlock as remove_locks
-from stash_runner.restic.reader import find_file, iter_content
-from stash_runner.restic.repository import Repository
-from stash_runner.restic.timefmt import display_time
-from stash_runner.units import stash_bytes
 
 from .options import no_lock_option, objects_options, storage_options
 from .wiring import opened
+
+if TYPE_CHECKING:
+    from stash_runner.restic.repository import Repository
+
+# Each command imports the maintenance and engine modules it uses when it runs (see options.py, "Start-up"), so
+# that `stash-runner snapshots` does not pay for prune's or check's imports.
 
 log = logging.getLogger("stash_runner")
 
@@ -33,6 +28,8 @@ log = logging.getLogger("stash_runner")
 def _shared_lock(repo: Repository, no_lock: bool) -> contextlib.AbstractContextManager:
     """A reading command's lock, as restic's: shared (so a prune's exclusive lock keeps it out), none with
     --no-lock; on read-only storage it is given up with a warning."""
+    from stash_runner.restic.lock import RepositoryLock
+
     return contextlib.nullcontext() if no_lock else RepositoryLock(repo, read_only=True)
 
 
@@ -46,7 +43,10 @@ def _shared_lock(repo: Repository, no_lock: bool) -> contextlib.AbstractContextM
 def snapshots(objects, namespace, kubeconfig, repository, host, as_json, backend_retries, backend_timeout,
               no_lock) -> None:
     """List the snapshots of a repository (times in this machine's local zone, named; TZ=UTC for UTC)."""
-    with opened(objects, namespace, repository, backend_retries, backend_timeout, kubeconfig) as repo, \
+    from stash_runner.restic.timefmt import display_time
+
+    with opened(objects, namespace, repository, backend_retries, backend_timeout, kubeconfig,
+                preload=('stash_runner.restic.lock', 'stash_runner.restic.timefmt')) as repo, \
             _shared_lock(repo, no_lock):
         snaps = [s for s in repo.list_snapshots() if not host or s.hostname == host]
     if as_json:
@@ -71,7 +71,10 @@ def snapshots(objects, namespace, kubeconfig, repository, host, as_json, backend
 def dump(objects, namespace, kubeconfig, repository, host, snapshot, path, backend_retries, backend_timeout,
          no_lock) -> None:
     """Write a file of a snapshot to stdout (the snapshot's only file when PATH is not given)."""
-    with opened(objects, namespace, repository, backend_retries, backend_timeout, kubeconfig) as repo, \
+    from stash_runner.restic.reader import find_file, iter_content
+
+    with opened(objects, namespace, repository, backend_retries, backend_timeout, kubeconfig,
+                preload=('stash_runner.restic.lock', 'stash_runner.restic.reader')) as repo, \
             _shared_lock(repo, no_lock):
         repo.load_index()
         snap = repo.find_snapshot(snapshot, hostname=host or None)
@@ -119,6 +122,9 @@ def forget(objects, namespace, kubeconfig, repository, keep_last, keep_hourly, k
            keep_within_monthly, keep_within_yearly, keep_tags, hosts, tag_filter, path_filter, group_by,
            dry_run, prune, as_json, max_unused, max_repack_size, backend_retries, backend_timeout) -> None:
     """Remove snapshots by a retention policy, exactly as `restic forget` (then prune with --prune)."""
+    from stash_runner.maintenance.retention import Policy, parse_group_by
+    from stash_runner.maintenance.sizes import max_unused_limit, parse_size
+
     policy = Policy(last=keep_last, hourly=keep_hourly, daily=keep_daily, weekly=keep_weekly,
                     monthly=keep_monthly, yearly=keep_yearly, tags=tuple(keep_tags), within=keep_within,
                     within_hourly=keep_within_hourly, within_daily=keep_within_daily,
@@ -129,7 +135,10 @@ def forget(objects, namespace, kubeconfig, repository, keep_last, keep_hourly, k
     max_unused_limit(max_unused)
     if max_repack_size:
         parse_size(max_repack_size)
-    with opened(objects, namespace, repository, backend_retries, backend_timeout, kubeconfig) as repo:
+    with opened(objects, namespace, repository, backend_retries, backend_timeout, kubeconfig,
+                preload=('stash_runner.maintenance.post_backup',)) as repo:
+        from stash_runner.maintenance.post_backup import apply_retention
+
         outcome = apply_retention(repo, policy, prune=prune, dry_run=dry_run, group_by=group_by,
                                   hosts=list(hosts) or None, tag_filter=tag_filter, path_filter=path_filter,
                                   max_unused=max_unused, max_repack_size=max_repack_size)
@@ -148,7 +157,10 @@ def forget(objects, namespace, kubeconfig, repository, keep_last, keep_hourly, k
 def prune(objects, namespace, kubeconfig, repository, dry_run, max_unused, max_repack_size, backend_retries,
           backend_timeout) -> None:
     """Delete data no snapshot needs: unused packs go, mostly unused packs are repacked (exclusive lock)."""
-    with opened(objects, namespace, repository, backend_retries, backend_timeout, kubeconfig) as repo:
+    from stash_runner.maintenance.prune import run_prune
+
+    with opened(objects, namespace, repository, backend_retries, backend_timeout, kubeconfig,
+                preload=('stash_runner.maintenance.prune',)) as repo:
         result = run_prune(repo, dry_run=dry_run, max_unused=max_unused, max_repack_size=max_repack_size,
                            progress=log.debug)
     click.echo("\n".join(result.stats_lines()))
@@ -169,9 +181,14 @@ def prune(objects, namespace, kubeconfig, repository, dry_run, max_unused, max_r
 def check(objects, namespace, kubeconfig, repository, read_data, read_data_subset, no_lock, as_json, backend_retries,
           backend_timeout) -> None:
     """Verify the repository's structure (and with --read-data its contents); exit 4 if damaged."""
+    import dataclasses
+
+    from stash_runner.maintenance.check import parse_subset, run_check, summarize
+
     if read_data_subset:
         parse_subset(read_data_subset)  # a bad value fails before anything is opened
-    with opened(objects, namespace, repository, backend_retries, backend_timeout, kubeconfig) as repo:
+    with opened(objects, namespace, repository, backend_retries, backend_timeout, kubeconfig,
+                preload=('stash_runner.maintenance.check',)) as repo:
         result = run_check(repo, read_data=read_data, subset=read_data_subset or None, lock=not no_lock)
         location = repo.backend.location
     if as_json:
@@ -194,7 +211,10 @@ def check(objects, namespace, kubeconfig, repository, read_data, read_data_subse
 @storage_options
 def unlock(objects, namespace, kubeconfig, repository, remove_all, backend_retries, backend_timeout) -> None:
     """Remove stale locks: not refreshed for 30 minutes, or held by a process gone from this host."""
-    with opened(objects, namespace, repository, backend_retries, backend_timeout, kubeconfig) as repo:
+    from stash_runner.restic.lock import unlock as remove_locks
+
+    with opened(objects, namespace, repository, backend_retries, backend_timeout, kubeconfig,
+                preload=('stash_runner.restic.lock',)) as repo:
         removed, kept = remove_locks(repo, remove_all=remove_all)
     for lock in removed:
         click.echo(f"removed {lock.describe()}")
@@ -211,7 +231,11 @@ def unlock(objects, namespace, kubeconfig, repository, remove_all, backend_retri
 @no_lock_option
 def stats(objects, namespace, kubeconfig, repository, as_json, backend_retries, backend_timeout, no_lock) -> None:
     """Sizes and counts of a repository (what Stash puts in Repository status)."""
-    with opened(objects, namespace, repository, backend_retries, backend_timeout, kubeconfig) as repo, \
+    from stash_runner.maintenance.stats import run_stats
+    from stash_runner.units import stash_bytes
+
+    with opened(objects, namespace, repository, backend_retries, backend_timeout, kubeconfig,
+                preload=('stash_runner.restic.lock', 'stash_runner.maintenance.stats')) as repo, \
             _shared_lock(repo, no_lock):
         st = run_stats(repo)
     if as_json:

@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
-from drivers import DriverOptions
-from drivers.stdin import DEFAULT_FILENAME, StdinDriver
 from stash_runner.errors import BadInput
-from stash_runner.restic import compression
-from stash_runner.stash import batch, executor
-from stash_runner.stash.host import run_host
-from stash_runner.stash.output import SnapshotStats
-from stash_runner.stash.resolve import open_objects, storage_from_repository
 
 from .options import (
+    COMPRESSION_DEFAULT_LEVEL,
+    COMPRESSION_MAX_LEVEL,
+    COMPRESSION_MIN_LEVEL,
     driver_options,
     es_options,
     lock_options,
@@ -43,6 +40,12 @@ from .wiring import (
     restore_session,
     session_storage,
 )
+
+if TYPE_CHECKING:
+    from drivers import DriverOptions
+    from stash_runner.stash.output import SnapshotStats
+
+# The drivers, the flows and the Stash layer are imported when a command runs (see options.py, "Start-up").
 
 _BATCH_HELP = ("without Stash's operator: the global and each member's hooks, the members (spec.executionOrder), "
                "spec.timeOut{retry}; a table of the members on stdout, an output.json per member in "
@@ -76,8 +79,8 @@ _BATCH_HELP = ("without Stash's operator: the global and each member's hooks, th
 @click.option("--output-dir", default="", callback=output_dir_flag, help="Write Stash's output.json here.")
 @click.option("--driver", default="", help="Database driver (default: from the AppBinding's spec.type).")
 @click.option("--backup-cmd", default="pg_dumpall", show_default=True, help="pg_dumpall or pg_dump.")
-@click.option("--compression-level", default=compression.DEFAULT_LEVEL, show_default=True,
-              type=click.IntRange(compression.MIN_LEVEL, compression.MAX_LEVEL), help="zstd's level.")
+@click.option("--compression-level", default=COMPRESSION_DEFAULT_LEVEL, show_default=True,
+              type=click.IntRange(COMPRESSION_MIN_LEVEL, COMPRESSION_MAX_LEVEL), help="zstd's level.")
 @click.option("--workers", default=None, type=click.IntRange(1, 64),
               help="Threads for hashing/compressing/encrypting (each holds up to two 8 MiB chunks).")
 @tool_options()
@@ -94,6 +97,8 @@ def backup(**kw) -> None:
     With --retention-keep-* the policy is applied afterwards (forget, and prune with --retention-prune),
     and the repository's size and snapshot count go into output.json.
     """
+    from stash_runner.stash.host import run_host
+
     if kw["from_stdin"]:
         _backup_stdin(kw)
         return
@@ -109,7 +114,7 @@ def backup(**kw) -> None:
     require(kw, "appbinding", "repository")
 
     def work() -> tuple[SnapshotStats, dict | None]:
-        storage, drv = named_storage_and_driver(kw, opts)
+        storage, drv = named_storage_and_driver(kw, opts, open_ahead=True)
         return backup_host(drv, storage, kw["hostname"], list(kw["tags"]), wait_timeout(kw), kw["compression_level"],
                        kw["workers"], kw)
 
@@ -147,6 +152,8 @@ def backup(**kw) -> None:
 def restore(**kw) -> None:
     """Restore a snapshot into the database of an AppBinding, or run a RestoreSession, or a whole RestoreBatch
     (--restorebatch)."""
+    from stash_runner.stash.host import run_host
+
     opts = driver_options(kw, purpose="restore")
     if restore_batch_member(kw, opts):
         return
@@ -174,6 +181,10 @@ _NOT_WITH_STDIN = {"appbinding": "--appbinding", "backupsession": "--backupsessi
 def _backup_stdin(kw: dict) -> None:
     """``backup --stdin``: the piped bytes into a snapshot of --repository, with backup's host, tags, retention and
     output.json (its ref names no AppBinding: there is none)."""
+    from drivers.stdin import DEFAULT_FILENAME, StdinDriver
+    from stash_runner.stash.host import run_host
+    from stash_runner.stash.resolve import open_objects, storage_from_repository
+
     for name, flag in _NOT_WITH_STDIN.items():
         if kw.get(name):
             raise BadInput(f"--stdin together with {flag}={kw[name]}: with --stdin the data comes from the pipe, "
@@ -202,6 +213,9 @@ def _alone(kw: dict, batch_flag: str, *others: str) -> None:
 
 
 def _backup_batch(kw: dict, opts: DriverOptions) -> None:
+    from stash_runner.stash import batch
+    from stash_runner.stash.resolve import open_objects
+
     _alone(kw, "backupbatch", "backupsession", "appbinding", "target_name")
     settings = batch.BatchBackupSettings(
         driver=opts, wait_timeout=kw["wait_timeout"], compression_level=kw["compression_level"],
@@ -215,6 +229,9 @@ def _backup_batch(kw: dict, opts: DriverOptions) -> None:
 
 
 def _restore_batch(kw: dict, opts: DriverOptions) -> None:
+    from stash_runner.stash import batch
+    from stash_runner.stash.resolve import open_objects
+
     _alone(kw, "restorebatch", "restoresession", "appbinding", "target_name", "source_hostname")
     if kw["snapshot"] != "latest":
         raise BadInput(f"--restorebatch={kw['restorebatch']} together with --snapshot={kw['snapshot']}: each member "
@@ -257,6 +274,9 @@ def restore_batch_member(kw: dict, opts: DriverOptions) -> bool:
         if kw.get("restorebatch"):
             return False
         raise BadInput(f"{named_by}: which member? give --appbinding or --target-name (the member's target)")
+    from stash_runner.stash import executor
+    from stash_runner.stash.resolve import open_objects
+
     settings = executor.RestoreSettings(
         hostname=kw["hostname"], snapshot="" if kw["snapshot"] in ("", "latest") else kw["snapshot"],
         source_hostname=kw["source_hostname"], driver=opts, wait_timeout=kw["wait_timeout"],

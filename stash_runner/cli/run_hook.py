@@ -5,8 +5,6 @@ from __future__ import annotations
 import click
 
 from stash_runner.hooks.spec import HOOK_TYPES
-from stash_runner.stash.executor import RunHookSettings, run_hook_step, session_to_update
-from stash_runner.stash.resolve import open_objects
 
 from .options import report_options
 from .wiring import reporting
@@ -33,6 +31,9 @@ def run_hook(**kw) -> None:
     """Run one hook of a session as Stash's run-hook does and record its condition: a failed pre hook exits 11 (the
     Job stops before the backup or restore), a failed post hook is recorded on the session and exits 0, as
     Stash's does."""
+    from stash_runner.stash.executor import RunHookSettings, run_hook_step, session_to_update
+    from stash_runner.stash.resolve import open_objects
+
     session = session_to_update(kw["backupsession"], kw["restoresession"], kw["invoker_kind"], kw["invoker_name"],
                                 command="run-hook")
     with open_objects(kw["objects"], kw["kubeconfig"]) as (source, cluster):

@@ -8,14 +8,6 @@ from __future__ import annotations
 import click
 
 from stash_runner.errors import BadInput, RunnerError
-from stash_runner.stash.executor import (
-    UpdateStatusSettings,
-    session_to_update,
-    update_backup_status,
-    update_restore_status,
-)
-from stash_runner.stash.resolve import open_objects
-from stash_runner.stash.status import SUCCEEDED
 
 from .options import bool_option, lock_options, one_of, report_options, stash_flags
 from .wiring import reporting, session_storage
@@ -51,6 +43,15 @@ def update_status(**kw) -> None:
     contradict each other or the session are an error (exit 2). Nothing is done when the step before already
     reported and ran its post-backup actions (output.json's "statusReported").
     """
+    from stash_runner.stash.executor import (
+        UpdateStatusSettings,
+        session_to_update,
+        update_backup_status,
+        update_restore_status,
+    )
+    from stash_runner.stash.resolve import open_objects
+    from stash_runner.stash.status import SUCCEEDED
+
     if not kw["output_dir"]:
         raise BadInput("--output-dir is missing (where the backup/restore step wrote output.json)")
     session = session_to_update(one_of(kw, "backupsession", "backup_session"),

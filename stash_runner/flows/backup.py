@@ -52,6 +52,8 @@ class BackupPlan:
     await_repository: Callable[[], bool] | None = field(default=None, repr=False)
     #: told right after this run created the repository
     on_initialised: Callable[[], None] | None = field(default=None, repr=False)
+    #: the repository opened ahead (open_ahead), instead of opening it here
+    opened: Callable[[], Repository | None] | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -77,10 +79,38 @@ def open_or_none(backend: Backend, password: str) -> Repository | None:
         return None
 
 
+def open_ahead(backend: Backend, password: str) -> Callable[[], Repository | None]:
+    """Start opening the repository on a thread; the returned call waits for it (open_or_none's result or error).
+
+    Opening is mostly the key file's scrypt (restic calibrates it to ~0.5 s), which releases the GIL: started
+    before the driver and the flow are imported, it runs beside them. A daemon thread, so that a run that fails
+    before it asks (a bad AppBinding) does not wait for it."""
+    result: list = []
+
+    def run() -> None:
+        try:
+            result.append((open_or_none(backend, password), None))
+        except BaseException as e:  # noqa: BLE001 - handed to the caller
+            result.append((None, e))
+
+    thread = threading.Thread(target=run, name="open", daemon=True)
+    thread.start()
+
+    def opened() -> Repository | None:
+        while thread.is_alive():
+            thread.join(0.5)  # in short waits: a signal handler runs between them
+        repo, error = result[0]
+        if error is not None:
+            raise error
+        return repo
+
+    return opened
+
+
 def run_backup(plan: BackupPlan) -> BackupOutcome:
-    # Check the repository password before touching the database, and initialise a new
-    # repository only once the database is known to be there: bad input never writes anything.
-    repo = open_or_none(plan.backend, plan.password)
+    # Check the repository password before touching the database, and initialise a new repository only once the
+    # database is known to be there: bad input never writes anything, and its error is the only line said.
+    repo = plan.opened() if plan.opened is not None else open_or_none(plan.backend, plan.password)
     plan.driver.wait_ready(plan.wait_timeout)
     if repo is None and plan.await_repository is not None and plan.await_repository():
         repo = Repository.open(plan.backend, plan.password)
@@ -90,20 +120,22 @@ def run_backup(plan: BackupPlan) -> BackupOutcome:
         log.info("initialised a new repository at %s", plan.backend.location)
         if plan.on_initialised is not None:
             plan.on_initialised()
-    repo.load_index()
     with RepositoryLock(repo, wait=plan.lock_wait), plan.driver.backup_hosts(plan.hostname) as hosts:
         if plan.on_hosts is not None:
             plan.on_hosts([h.hostname for h in hosts])
         if len(hosts) == 1:
             with _archiver(repo, plan) as arch, hosts[0].open() as dump:
+                repo.load_index()  # while the dump tool starts: both are on the way to the first byte stored
                 results = [_snapshot(arch, dump, hosts[0], plan, "backup")]
         else:
+            repo.load_index()
             results = _parallel_snapshots(repo, plan, hosts, plan.driver.max_parallel_hosts or len(hosts))
     for result in results:
         st = result.stats
         log.info("snapshot %s saved for %s: %s read, %s stored, %.1f s (%s)", result.snapshot.short_id,
                  result.snapshot.hostname, stash_bytes(st.bytes_read), stash_bytes(st.bytes_stored), st.elapsed,
                  rate(st.bytes_read, st.elapsed))
+        log.debug("snapshot %s: %s", result.snapshot.short_id, st.pipeline())
     if not plan.post_actions and plan.retention.empty():
         return BackupOutcome(results, repo=repo, initialized=initialized)
     post = post_backup(repo, plan.retention, prune=plan.retention_prune, dry_run=plan.retention_dry_run,

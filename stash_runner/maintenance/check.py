@@ -23,6 +23,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 import random
 import re
 import struct
@@ -35,11 +36,13 @@ import zstandard
 
 from backends.base import AccessDeniedError, BackendError, FileType, Handle, NotFoundError
 from stash_runner.errors import BadInput, IntegrityError, RepositoryError, StorageAccessDenied
-from stash_runner.restic import compression
+from stash_runner.restic.compression import decompress
 from stash_runner.restic.crypto import Key
 from stash_runner.restic.lock import RepositoryLock
 from stash_runner.restic.pack import DATA, TREE, PackedBlob, header_size, parse_header
 from stash_runner.restic.repository import Repository
+
+from .parallel import chunked_map, load_unpacked
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +53,8 @@ SEGMENT = 4 * 1024 * 1024
 TAIL_KEEP = 64 * 1024
 # restic's --read-data-subset=n/t buckets by the first byte of the pack ID.
 MAX_BUCKETS = 256
+# Threads reading packs with --read-data at most (see _check_packs).
+READ_WORKERS_MAX = 8
 NULL_ID = "0" * 64
 _HEX_ID = re.compile(r"^[0-9a-f]{64}$")
 # Node types restic's checkTree accepts without further checks.
@@ -297,7 +302,7 @@ class _Checker:
     def _load_json(self, ftype: FileType, name: str) -> tuple[object, str | None]:
         """(the decoded file, None) or (None, what is wrong with it)."""
         try:
-            return self.repo.load_unpacked(ftype, name), None
+            return load_unpacked(self.repo, ftype, name), None
         except (RepositoryError, ValueError, zstandard.ZstdError) as e:
             return None, self._why(e)
 
@@ -348,7 +353,7 @@ class _Checker:
         self.result.snapshots = len(names)
         self.result.bytes_read += sum(size for _, size in names)
         roots: dict[bytes, list[str]] = {}
-        loaded = self.pool.map(lambda f: self._load_json(FileType.SNAPSHOT, f[0]), names)
+        loaded = chunked_map(self.pool, self.workers, lambda f: self._load_json(FileType.SNAPSHOT, f[0]), names)
         for (name, _), (obj, problem) in zip(names, loaded, strict=True):
             if problem:
                 self._error(f"snapshot {name}: {problem}")
@@ -451,8 +456,20 @@ class _Checker:
 
     def _check_packs(self, to_read: set[bytes], check_headers: bool) -> None:
         todo = sorted(p for p in self.packs if p in to_read or (check_headers and p in self.listed))
-        # map() runs at most `workers` packs at once, each holding about two segments (see SEGMENT).
-        for pack_id, outcome in zip(todo, self.pool.map(lambda p: self._check_pack(p, p in to_read), todo),
+        # Reading packs is hashing and decrypting as much as waiting for storage: at least a thread per core and
+        # two more, so that a core is not idle while a thread waits for its next segment (or for the GIL, which
+        # the decryption holds). Each thread holds about a segment and a blob (see SEGMENT).
+        workers = max(self.workers, min(READ_WORKERS_MAX, (os.cpu_count() or 1) + 2)) if to_read else self.workers
+        pool = ThreadPoolExecutor(workers, thread_name_prefix="check-read") if workers > self.workers else None
+        try:
+            self._check_some_packs(todo, to_read, pool or self.pool)
+        finally:
+            if pool is not None:
+                pool.shutdown(cancel_futures=True)
+
+    def _check_some_packs(self, todo: list[bytes], to_read: set[bytes], pool: ThreadPoolExecutor) -> None:
+        # map() runs at most as many packs at once as the pool has threads.
+        for pack_id, outcome in zip(todo, pool.map(lambda p: self._check_pack(p, p in to_read), todo),
                                     strict=True):
             self.result.errors.extend(outcome.errors)
             self.result.bytes_read += outcome.bytes_read
@@ -486,6 +503,8 @@ class _Checker:
     def _read_pack(self, h: Handle, size: int, blobs: list[PackedBlob], out: _PackOutcome) -> bytes:
         """Stream the pack: hash it all, verify each indexed blob as its bytes arrive; returns the
         last bytes read (where the header is)."""
+        if _contiguous(blobs, size):
+            return self._read_whole_blobs(h, size, blobs, out)
         name = h.name
         end = 0
         for b in blobs:
@@ -528,6 +547,40 @@ class _Checker:
             out.errors.append(f"pack {name}: contents do not match the name (SHA-256 {digest})")
         return bytes(buf[-TAIL_KEEP:])
 
+    def _read_whole_blobs(self, h: Handle, size: int, blobs: list[PackedBlob], out: _PackOutcome) -> bytes:
+        """_read_pack for a pack as restic writes them (blobs one after another from offset 0, then the header):
+        each request covers whole blobs (up to SEGMENT bytes, or one larger blob), so the blobs are verified in
+        place, without gathering the bytes into a buffer; returns what follows the last blob (the header)."""
+        hasher = hashlib.sha256()
+        i = 0
+        while i < len(blobs):
+            start = blobs[i].offset
+            j = i + 1
+            while j < len(blobs) and blobs[j].offset + blobs[j].length - start <= SEGMENT:
+                j += 1
+            end = blobs[j - 1].offset + blobs[j - 1].length
+            data = self._load(h, start, end - start)
+            hasher.update(data)
+            out.bytes_read += len(data)
+            with memoryview(data) as view:
+                for b in blobs[i:j]:
+                    out.blobs_checked += 1
+                    with view[b.offset - start : b.offset - start + b.length] as raw:
+                        try:
+                            _open_blob(self.key, raw, b)
+                        except _Damage as e:
+                            out.errors.append(f"pack {h.name}: {b.type} blob {b.id.hex()}: {e}")
+            del data
+            i = j
+        end = blobs[-1].offset + blobs[-1].length if blobs else 0
+        tail = self._load(h, end, size - end) if size > end else b""
+        hasher.update(tail)
+        out.bytes_read += len(tail)
+        digest = hasher.hexdigest()
+        if digest != h.name:
+            out.errors.append(f"pack {h.name}: contents do not match the name (SHA-256 {digest})")
+        return tail
+
     def _compare_header(self, h: Handle, size: int, tail: bytes, blobs: list[PackedBlob],
                         out: _PackOutcome) -> list[str]:
         try:
@@ -566,6 +619,17 @@ class _Checker:
             raise _Damage(f"cannot be read: {self._why(e)}") from None
 
 
+def _contiguous(blobs: list[PackedBlob], size: int) -> bool:
+    """The blobs (sorted by offset) follow one another from offset 0 and end within the file, less than a
+    SEGMENT before its end (the header follows them): how restic writes a pack, and what its index says of it."""
+    end = 0
+    for b in blobs:
+        if b.offset != end:
+            return False
+        end += b.length
+    return bool(blobs) and end <= size and size - end <= SEGMENT
+
+
 def _parse_index_packs(obj: dict) -> list[tuple[bytes, list[PackedBlob]]]:
     packs = []
     for pack in obj.get("packs") or []:
@@ -593,7 +657,7 @@ def _open_blob(key: Key, raw: bytes | memoryview, b: PackedBlob) -> bytes:
         raise _Damage("fails its MAC (damaged)") from None
     if b.uncompressed_length:
         try:
-            plain = compression.decompress(plain, b.uncompressed_length)
+            plain = decompress(plain, b.uncompressed_length)
         except zstandard.ZstdError as e:
             raise _Damage(f"does not decompress: {e}") from None
     if hashlib.sha256(plain).digest() != b.id:

@@ -19,6 +19,7 @@ from stash_runner.restic.lock import RepositoryLock
 from stash_runner.restic.repository import Repository
 from stash_runner.restic.snapshot import Snapshot
 
+from .parallel import chunked_map, load_snapshots, workers_for
 from .retention import GROUP_BY_DEFAULT, GoTime, GroupKey, KeepReason, Policy, apply_policy, group, has_tags
 from .retention import parse_group_by as _parse_group_by
 from .retention import split_tag_list as _split_tag_list
@@ -125,7 +126,7 @@ def run_forget(
     held = contextlib.nullcontext() if dry_run or not lock else RepositoryLock(repo, exclusive=True, wait=lock_wait)
     with held:
         snaps = [
-            s for s in repo.list_snapshots()
+            s for s in load_snapshots(repo)
             if (not hosts or s.hostname in hosts)
             and (not tag_lists or any(has_tags(s.tags, tl) for tl in tag_lists))
             and (not path_filter or set(path_filter) <= set(s.paths))
@@ -143,9 +144,18 @@ def _remove_snapshots(repo: Repository, ids: list[str]) -> list[str]:
     """Delete snapshot files in parallel (as many at once as the backend has connections)."""
     if not ids:
         return []
-    with ThreadPoolExecutor(max(1, repo.backend.connections)) as pool:
-        futures = [pool.submit(repo.remove, Handle(FileType.SNAPSHOT, i)) for i in ids]
-    failed = [(i, f.exception()) for i, f in zip(ids, futures, strict=True) if f.exception() is not None]
+
+    def remove(i: str) -> Exception | None:
+        try:
+            repo.remove(Handle(FileType.SNAPSHOT, i))
+        except Exception as e:  # noqa: BLE001 - every failure is reported below, with how many succeeded
+            return e
+        return None
+
+    workers = workers_for(repo)
+    with ThreadPoolExecutor(workers, thread_name_prefix="forget") as pool:
+        errors = chunked_map(pool, workers, remove, ids)
+    failed = [(i, e) for i, e in zip(ids, errors, strict=True) if e is not None]
     if failed:
         i, err = failed[0]
         raise RepositoryError(
@@ -203,12 +213,19 @@ def _table(snaps: list[Snapshot], reasons: dict[int, list[str]] | None) -> str:
         rows.append(cells)
     widths = [max([len(h)] + [len(line) for r in rows for line in r[c]]) for c, h in enumerate(heads)]
 
+    # One format for every line (a forget of 1,000 snapshots prints 1,000 rows).
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+
     def line(values: list[str]) -> str:
-        return "  ".join(v.ljust(w) for v, w in zip(values, widths, strict=True)).rstrip()
+        return fmt.format(*values).rstrip()
 
     out = [line(heads), "-" * (sum(widths) + 2 * (len(widths) - 1))]
     for r in rows:
-        for k in range(max(1, *(len(c) for c in r))):
+        n = max(len(c) for c in r)
+        if n <= 1:
+            out.append(line([c[0] if c else "" for c in r]))
+            continue
+        for k in range(n):
             out.append(line([c[k] if k < len(c) else "" for c in r]))
     out += [out[1], f"{len(snaps)} snapshots", ""]
     return "\n".join(out)

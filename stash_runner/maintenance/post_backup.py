@@ -6,16 +6,21 @@ import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from stash_runner.errors import IntegrityError, RunnerError
 from stash_runner.restic.lock import RepositoryLock
 from stash_runner.restic.repository import Repository
 
-from .check import run_check
 from .forget import ForgetResult, run_forget
-from .prune import PruneResult, run_prune
 from .retention import Policy
-from .stats import RepoStats, run_stats
+
+if TYPE_CHECKING:
+    from .prune import PruneResult
+    from .stats import RepoStats
+
+# prune, check and stats are imported by the actions that run them: `stash-runner forget` without --prune is
+# forget alone, and its start-up should not pay for the others.
 
 log = logging.getLogger("stash_runner")
 
@@ -37,6 +42,8 @@ def apply_retention(repo: Repository, policy: Policy, *, prune: bool = False, dr
                             path_filter=path_filter, prune=prune, lock=False)
         pruned = None
         if result.prune:
+            from .prune import run_prune
+
             # A dry run holds no lock yet: prune takes its own shared one; a real run already holds ours.
             pruned = run_prune(repo, dry_run=dry_run, max_unused=max_unused, max_repack_size=max_repack_size,
                                lock=dry_run, progress=log.debug)
@@ -95,6 +102,8 @@ def post_backup(repo: Repository, policy: Policy, *, prune: bool = False, dry_ru
             if outcome.retention.prune is not None:
                 log.info("%s", outcome.retention.prune.summary())
     if verify:
+        from .check import run_check
+
         try:
             checked = run_check(repo, read_data=False)
         except RunnerError as e:
@@ -104,6 +113,8 @@ def post_backup(repo: Repository, policy: Policy, *, prune: bool = False, dry_ru
             if not checked.ok:
                 outcome.errors["check"] = IntegrityError(
                     f"check found {len(checked.errors)} error(s), the first: {checked.errors[0]}")
+    from .stats import run_stats
+
     try:
         outcome.stats = run_stats(repo)
     except RunnerError as e:

@@ -53,6 +53,9 @@ from stash_runner.restic.pack import (
 from stash_runner.restic.repository import Repository
 from stash_runner.restic.uploader import PackUploader
 
+from .parallel import chunked_map, load_unpacked, workers_for
+from .sizes import format_bytes, format_percent, max_unused_limit, parse_size
+
 log = logging.getLogger("stash_runner")
 
 MIXED = "mixed"  # a pack with both data and tree blobs: restic always repacks those
@@ -164,65 +167,6 @@ class PruneResult:
                 f"into {self.packs_written}, freed {format_bytes(self.bytes_freed)} "
                 f"({self.packs_before} -> {self.packs_after} packs, {format_bytes(self.pack_bytes_before)} -> "
                 f"{format_bytes(self.pack_bytes_after)}) in {self.elapsed:.1f} s")
-
-
-# -- options -----------------------------------------------------------------------------------
-
-def parse_size(text: str) -> int:
-    """restic's parseSizeStr: bytes, or a number with k/K, m/M, g/G, t/T (binary multiples)."""
-    s = text.strip()
-    mult = 1
-    if s and s[-1] in "kKmMgGtT":
-        mult = 1024 ** ("kmgt".index(s[-1].lower()) + 1)
-        s = s[:-1]
-    try:
-        n = int(s)
-    except ValueError:
-        raise BadInput(f"invalid size {text!r}: use bytes or a number with k, m, g or t") from None
-    if n < 0:
-        raise BadInput(f"invalid size {text!r}: must not be negative")
-    return n * mult
-
-
-def max_unused_limit(spec: str) -> Callable[[int], float]:
-    """``--max-unused`` as restic parses it: maps the used size to the unused bytes tolerated after prune.
-
-    A percentage p is of the total size after prune, hence ``used * p / (100 - p)``.
-    """
-    s = spec.strip()
-    if not s:
-        raise BadInput(f"invalid value for --max-unused: {spec!r}")
-    if s == "unlimited":
-        return lambda used: math.inf
-    if s.endswith("%"):
-        try:
-            p = float(s[:-1])
-        except ValueError:
-            raise BadInput(f"invalid percentage {spec!r} passed for --max-unused") from None
-        if not math.isfinite(p):
-            raise BadInput(f"invalid percentage {spec!r} passed for --max-unused")
-        if p < 0:
-            raise BadInput("percentage for --max-unused must be positive")
-        if p >= 100:
-            raise BadInput("percentage for --max-unused must be below 100%")
-        return lambda used: int(p / (100 - p) * used)
-    size = parse_size(s)
-    return lambda used: size
-
-
-# -- formatting (restic's ui.FormatBytes / FormatPercent; they belong in units.py) ---------------
-
-def format_bytes(c: int) -> str:
-    for shift, unit in ((40, "TiB"), (30, "GiB"), (20, "MiB"), (10, "KiB")):
-        if c >= 1 << shift:
-            return f"{c / (1 << shift):.3f} {unit}"
-    return f"{c} B"
-
-
-def format_percent(numerator: int, denominator: int) -> str:
-    if denominator == 0:
-        return ""
-    return f"{min(100.0, 100.0 * numerator / denominator):3.2f}%"
 
 
 # -- the index as prune needs it (every copy of every blob, per pack) ---------------------------
@@ -338,12 +282,12 @@ class _Pruner:
         names = [name for name, _ in self.repo.list_files(FileType.SNAPSHOT)]
 
         def tree_of(name: str) -> str:
-            tree = self.repo.load_unpacked(FileType.SNAPSHOT, name).get("tree")
+            tree = load_unpacked(self.repo, FileType.SNAPSHOT, name).get("tree")
             if not isinstance(tree, str):
                 raise IntegrityError(f"{self.repo.backend.location}: snapshot {name[:8]} has no tree (damaged)")
             return tree
 
-        roots = set(pool.map(tree_of, names))
+        roots = set(chunked_map(pool, workers_for(self.repo), tree_of, names))
         self.result.snapshots = len(names)
         self.say(f"finding data that is still in use for {len(names)} snapshots")
         # Where to read each tree: the first copy the index names (restic reads any copy).
@@ -803,7 +747,7 @@ def load_index_state(repo: Repository, pool: ThreadPoolExecutor) -> _IndexState:
     names = sorted(name for name, _ in repo.list_files(FileType.INDEX))
 
     def load(name: str) -> tuple[str, list[str], list[tuple[bytes, list[PackedBlob]]]]:
-        obj = repo.load_unpacked(FileType.INDEX, name)
+        obj = load_unpacked(repo, FileType.INDEX, name)
         # restic's earliest index files (a bare list) predate compression: their blobs are stored as they are
         compressed = not isinstance(obj, list)
         packs = [

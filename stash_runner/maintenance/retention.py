@@ -9,6 +9,7 @@ snapshot.go (``--keep-tag`` lists and HasTags).
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import re
 import time
@@ -49,6 +50,11 @@ class GoTime:
 
     @classmethod
     def parse(cls, s: str) -> GoTime:
+        # forget parses each snapshot's time for the policy and again for its table: once is enough.
+        return _parse_go_time(s) if cls is GoTime else cls._parse(s)
+
+    @classmethod
+    def _parse(cls, s: str) -> GoTime:
         m = _RFC3339.match(s.strip())
         if m is None:
             # Not RFC 3339 as Go writes it; timefmt's lenient parser (microseconds) is the best we can do.
@@ -95,6 +101,11 @@ class GoTime:
 
     def y(self) -> int:
         return self.year
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _parse_go_time(s: str) -> GoTime:
+    return GoTime._parse(s)
 
 
 # -- durations and tag lists ----------------------------------------------------------------------

@@ -50,6 +50,12 @@ class Stats:
     blobs_known: int = 0
     bytes_new: int = 0  # plaintext of blobs that were not in the repository yet
     bytes_stored: int = 0  # everything written to the backend: packs, index, snapshot
+    # Where the pipeline's time goes (seconds): the reader waiting for the dump tool's next bytes, the
+    # reader waiting for a worker to take a chunk, and the workers storing blobs (summed over workers).
+    read_wait: float = 0.0
+    worker_wait: float = 0.0
+    worker_busy: float = 0.0
+    workers: int = 0
     started: float = field(default_factory=time.monotonic)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -61,6 +67,26 @@ class Stats:
     @property
     def elapsed(self) -> float:
         return time.monotonic() - self.started
+
+    def pipeline(self) -> str:
+        """Where the time went, for the log: what a slow backup waited on."""
+        return (f"the reader waited {self.read_wait:.2f} s for the dump tool and {self.worker_wait:.2f} s for "
+                f"{self.workers} workers, which were busy {self.worker_busy:.2f} s of "
+                f"{self.workers * self.elapsed:.2f} s")
+
+
+class _TimedReader:
+    """A stream's readinto, timed: how long the reader waits for the dump tool."""
+
+    def __init__(self, stream: BinaryIO, stats: Stats):
+        self._stream = stream
+        self._stats = stats
+
+    def readinto(self, b) -> int:
+        t = time.monotonic()
+        n = self._stream.readinto(b)
+        self._stats.read_wait += time.monotonic() - t  # only the reading thread writes it
+        return n
 
 
 def default_workers() -> int:
@@ -86,6 +112,13 @@ class BlobSaver:
 
     # Called from worker threads.
     def store(self, blob_type: str, data: bytes) -> bytes:
+        started = time.monotonic()
+        try:
+            return self._store(blob_type, data)
+        finally:
+            self.stats.add(worker_busy=time.monotonic() - started)
+
+    def _store(self, blob_type: str, data: bytes) -> bytes:
         blob_id = hashlib.sha256(data).digest()
         with self._lock:
             if self.repo.index.has(blob_id) or blob_id in self._pending:
@@ -200,8 +233,8 @@ class Archiver:
         level: int = compression.DEFAULT_LEVEL,
     ):
         self.repo = repo
-        self.stats = Stats()
         self.workers = workers or default_workers()
+        self.stats = Stats(workers=self.workers)
         self.saver = BlobSaver(repo, self.stats, self.workers, level)
         self._root = _Dir()
         self._done = False
@@ -219,15 +252,21 @@ class Archiver:
         inflight: collections.deque[Future] = collections.deque()
         content: list[str] = []
         size = 0
-        for chunk in cdc.cut_stream(stream):
+        stats = self.stats
+        for chunk in cdc.cut_stream(_TimedReader(stream, stats)):
             data = bytes(chunk.data)  # the chunker reuses its buffer
             size += len(data)
-            self.stats.add(bytes_read=len(data))
-            while len(inflight) >= self.saver.max_inflight:
-                content.append(inflight.popleft().result().hex())
+            stats.add(bytes_read=len(data))
+            if len(inflight) >= self.saver.max_inflight:
+                t = time.monotonic()
+                while len(inflight) >= self.saver.max_inflight:
+                    content.append(inflight.popleft().result().hex())
+                stats.worker_wait += time.monotonic() - t  # only this thread writes it
             inflight.append(self.saver.submit(DATA, data))
+        t = time.monotonic()
         while inflight:
             content.append(inflight.popleft().result().hex())
+        stats.worker_wait += time.monotonic() - t
         ts = mtime or format_time(now())
         node = tree.Node(
             name=os.path.basename(path),

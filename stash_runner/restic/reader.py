@@ -13,7 +13,8 @@ from . import tree
 from .repository import Repository
 from .snapshot import Snapshot
 
-READ_AHEAD = 8  # blobs; each at most 8 MiB
+READ_AHEAD = 8  # blobs fetched ahead, at least; each at most 8 MiB
+READ_AHEAD_BYTES = 64 << 20  # stored bytes fetched ahead, at most (one blob more when it is bigger)
 
 
 def load_tree(repo: Repository, tree_id: str) -> list[tree.Node]:
@@ -113,21 +114,43 @@ def find_file(repo: Repository, snap: Snapshot, path: str | None) -> tuple[str, 
     raise SnapshotNotFound(f"snapshot {snap.short_id} has no file {path!r}")
 
 
+def read_workers(repo: Repository) -> int:
+    """Threads that fetch and check blobs: the backend's connections, and at least one more than the cores (a
+    blob's hash and decompression run without the GIL, so they spread over the cores while one thread waits)."""
+    return max(2, repo.backend.connections, min(8, (os.cpu_count() or 1) + 1))
+
+
 def iter_content(repo: Repository, node: tree.Node) -> Iterator[bytes]:
-    """A file's bytes, blob by blob, each checked against its MAC and ID, fetched ahead in parallel."""
-    ids = iter(bytes.fromhex(x) for x in node.content or [])
-    pool = ThreadPoolExecutor(max(2, repo.backend.connections), thread_name_prefix="read")
-    queue: collections.deque[Future] = collections.deque()
+    """A file's bytes, blob by blob, each checked against its MAC and ID, fetched ahead in parallel: up to
+    ``READ_AHEAD`` blobs, and at least two per worker, are fetched and checked while the caller uses the ones
+    before them (at most READ_AHEAD_BYTES of them, by their stored size, besides the one the caller holds)."""
+    ids = [bytes.fromhex(x) for x in node.content or []]
+    if not ids:
+        return
+    workers = read_workers(repo)
+    ahead = max(READ_AHEAD, 2 * workers)
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="read")
+    queue: collections.deque[tuple[Future, int]] = collections.deque()
+    queued = 0  # stored bytes of the blobs in the queue
+    nxt = 0
+
+    def fill() -> None:
+        nonlocal nxt, queued
+        while nxt < len(ids) and len(queue) < ahead and (not queue or queued < READ_AHEAD_BYTES):
+            blob_id = ids[nxt]
+            found = repo.index.lookup(blob_id)
+            size = found[1].length if found is not None else 0
+            queue.append((pool.submit(repo.load_blob, blob_id), size))
+            queued += size
+            nxt += 1
+
     try:
-        for blob_id in ids:
-            queue.append(pool.submit(repo.load_blob, blob_id))
-            if len(queue) >= READ_AHEAD:
-                break
+        fill()
         while queue:
-            data = queue.popleft().result()
-            nxt = next(ids, None)
-            if nxt is not None:
-                queue.append(pool.submit(repo.load_blob, nxt))
+            future, size = queue.popleft()
+            queued -= size
+            data = future.result()
+            fill()
             yield data
     finally:
         pool.shutdown(wait=True, cancel_futures=True)

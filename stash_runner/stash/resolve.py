@@ -6,7 +6,7 @@ Everything here only reads: a missing object, field or key fails before anything
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -48,6 +48,8 @@ class Storage:
     where: str = ""
     #: the Repository it was opened from (named, or made of Stash's flags), for status and metrics
     repository: Repository | None = None
+    #: waits for the restic repository opened ahead on a thread (flows.backup.open_ahead), for a backup
+    opened: Callable[[], object] | None = field(default=None, repr=False)
 
     def close(self) -> None:
         self.backend.close()

@@ -49,7 +49,7 @@ class _TailReader:
         buf = memoryview(b).cast("B")
         n = self._raw.readinto(buf) or 0
         # Dump tools write(2) a few KiB at a time; reading each as it comes costs a wake-up and a
-        # Python call per 4 KiB (176,000 reads for a 1 GB pg_dumpall). After a short read, let the
+        # Python call per 4 KiB (155,000 reads for a 1 GB pg_dumpall). After a short read, let the
         # writer fill the pipe for a moment: it holds 1 MiB, more than a dump writes in that time.
         if 0 < n < _BATCH_BYTES and len(buf) > n:
             time.sleep(_BATCH_WAIT)

@@ -42,7 +42,7 @@ from stash_runner.restic.lock import RepositoryLock
 from stash_runner.restic.pack import DATA, TREE, PackedBlob, header_size, parse_header
 from stash_runner.restic.repository import Repository
 
-from .parallel import chunked_map, load_unpacked
+from .parallel import chunked_map
 
 log = logging.getLogger(__name__)
 
@@ -302,7 +302,7 @@ class _Checker:
     def _load_json(self, ftype: FileType, name: str) -> tuple[object, str | None]:
         """(the decoded file, None) or (None, what is wrong with it)."""
         try:
-            return load_unpacked(self.repo, ftype, name), None
+            return self.repo.load_unpacked(ftype, name), None
         except (RepositoryError, ValueError, zstandard.ZstdError) as e:
             return None, self._why(e)
 

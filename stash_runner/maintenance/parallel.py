@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from backends.base import FileType
 from stash_runner.restic.repository import Repository
@@ -36,11 +36,6 @@ def chunked_map(pool: Executor, workers: int, fn: Callable[[T], R], items: Itera
     return out
 
 
-def load_unpacked(repo: Repository, ftype: FileType, name: str) -> Any:
-    """``repo.load_unpacked``: a snapshot, index or lock file, checked against its name and MAC, decoded."""
-    return repo.load_unpacked(ftype, name)
-
-
 def workers_for(repo: Repository) -> int:
     return max(2, repo.backend.connections)
 
@@ -52,7 +47,7 @@ def load_snapshots(repo: Repository, pool: Executor | None = None, names: Iterab
         names = [name for name, _ in repo.list_files(FileType.SNAPSHOT)]
 
     def one(name: str) -> Snapshot:
-        return Snapshot.from_json(load_unpacked(repo, FileType.SNAPSHOT, name), name)
+        return Snapshot.from_json(repo.load_unpacked(FileType.SNAPSHOT, name), name)
 
     workers = workers_for(repo)
     if pool is None:

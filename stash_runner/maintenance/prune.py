@@ -53,7 +53,7 @@ from stash_runner.restic.pack import (
 from stash_runner.restic.repository import Repository
 from stash_runner.restic.uploader import PackUploader
 
-from .parallel import chunked_map, load_unpacked, workers_for
+from .parallel import chunked_map, workers_for
 from .sizes import format_bytes, format_percent, max_unused_limit, parse_size
 
 log = logging.getLogger("stash_runner")
@@ -282,7 +282,7 @@ class _Pruner:
         names = [name for name, _ in self.repo.list_files(FileType.SNAPSHOT)]
 
         def tree_of(name: str) -> str:
-            tree = load_unpacked(self.repo, FileType.SNAPSHOT, name).get("tree")
+            tree = self.repo.load_unpacked(FileType.SNAPSHOT, name).get("tree")
             if not isinstance(tree, str):
                 raise IntegrityError(f"{self.repo.backend.location}: snapshot {name[:8]} has no tree (damaged)")
             return tree
@@ -747,7 +747,7 @@ def load_index_state(repo: Repository, pool: ThreadPoolExecutor) -> _IndexState:
     names = sorted(name for name, _ in repo.list_files(FileType.INDEX))
 
     def load(name: str) -> tuple[str, list[str], list[tuple[bytes, list[PackedBlob]]]]:
-        obj = load_unpacked(repo, FileType.INDEX, name)
+        obj = repo.load_unpacked(FileType.INDEX, name)
         # restic's earliest index files (a bare list) predate compression: their blobs are stored as they are
         compressed = not isinstance(obj, list)
         packs = [
